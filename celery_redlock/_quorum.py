@@ -1,0 +1,427 @@
+"""The Redlock algorithm, sans I/O: it decides, drivers do the talking.
+
+Each public operation is a generator. It yields *effects* (:class:`Round`: send one call to
+these masters and give me their votes; :class:`Listen`: subscribe to release news;
+:class:`Wait`: sleep, waking early on news) and receives their results. The sync driver
+(``lock.py``), the asyncio driver (``aio.py``) and the simulator in the tests are loops of
+a dozen lines around the same generators, so the three can never drift apart. Time comes
+from an injected clock and chance from an injected ``random.Random``, which is what lets
+the simulator replay any schedule from its seed.
+
+The arithmetic follows the reference description (redis.io, "Distributed locks with
+Redis"): quorum is a strict majority; a lock won at ``start`` is good until
+``start + ttl - drift``, where drift covers clock-rate differences between us and the
+masters (1% of the TTL) plus 2 ms for Redis's own expiry precision.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any, TypeAlias
+
+from celery_redlock._scripts import Call, Outcome, Verb
+from celery_redlock.exceptions import LockLost, QuorumUnavailable
+
+#: Added to every drift estimate: Redis expires keys with up to 1 ms of slack, and our
+#: own clock reading adds up to another (antirez's reference and node-redlock use 2 ms).
+CLOCK_PRECISION = 0.002
+
+#: A blocked waiter never sleeps longer than this without asking again, even when it
+#: expects a release message: the message could be lost with a dropped connection.
+FALLBACK_POLL = 1.0
+
+
+def quorum(n: int) -> int:
+    """Votes needed out of ``n`` masters: a strict majority, so two quorums always share a
+    master, and one master can never grant the same key to two tokens at once."""
+    return n // 2 + 1
+
+
+def drift(ttl: float, drift_factor: float) -> float:
+    """How much of a TTL we must not count on, for clock drift and expiry precision."""
+    return ttl * drift_factor + CLOCK_PRECISION
+
+
+def valid_until(start: float, ttl: float, drift_factor: float) -> float:
+    """When a lock whose round began at ``start`` stops being safely ours.
+
+    Counting from the moment *before* the first command went out is what makes this safe:
+    every master's key was set after ``start``, so none expires before ``start + ttl``
+    by its own clock, and drift covers the difference between its clock and ours.
+    """
+    return start + ttl - drift(ttl, drift_factor)
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """One master's answer in one round; errors carry their cause, masters their redacted name."""
+
+    master: str
+    outcome: Outcome
+    pttl_ms: int | None = None
+    error: str | None = None
+
+    def __str__(self) -> str:
+        if self.outcome is Outcome.ERROR:
+            return f"{self.master}: error ({self.error})"
+        if self.outcome is Outcome.NO and self.pttl_ms is not None:
+            return f"{self.master}: no (held, {self.pttl_ms} ms left)"
+        return f"{self.master}: {self.outcome.value}"
+
+
+class Verdict(Enum):
+    """What a round of acquire votes says about the resource."""
+
+    WON = "won"  # a quorum said yes, in time
+    HELD = "held"  # a quorum is held by others: contention
+    SPLIT = "split"  # enough masters answered, but nobody has a quorum (a race)
+    OUTAGE = "outage"  # too few masters answered to decide either way
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """Counts of one round's votes against the quorum of all masters."""
+
+    yes: int
+    no: int
+    error: int
+    quorum: int
+
+    @classmethod
+    def of(cls, votes: Sequence[Vote], n: int) -> Tally:
+        yes = sum(v.outcome is Outcome.YES for v in votes)
+        no = sum(v.outcome is Outcome.NO for v in votes)
+        return cls(yes, no, n - yes - no, quorum(n))
+
+    def verdict(self, in_time: bool = True) -> Verdict:
+        if self.yes >= self.quorum and in_time:
+            return Verdict.WON
+        if self.no >= self.quorum:
+            return Verdict.HELD
+        if self.yes + self.no < self.quorum:
+            return Verdict.OUTAGE
+        return Verdict.SPLIT
+
+
+# --- effects -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """Send ``call`` to ``targets`` (indices; None means every master) at once and return
+    their votes in target order, stopping early once :func:`decided` says the rest cannot
+    change the outcome; replies not in by then are ERROR votes. ``wait=False`` sends
+    without reading anything (clean-ups whose answer changes nothing)."""
+
+    call: Call
+    wait: bool = True
+    targets: tuple[int, ...] | None = None
+
+
+def decided(yes: int, no: int, errors: int, pending: int, masters: int) -> bool:
+    """Whether a round's outcome is settled before every master has answered.
+
+    Settled when a quorum said yes, a quorum said no, or so many failed that neither a yes
+    nor a no quorum is possible any more (an outage). Stopping on "yes is impossible" alone
+    would be wrong: two refusals and one timeout out of five could still become a quorum of
+    refusals, and contention must not be reported as an outage.
+    """
+    need = quorum(masters)
+    return not pending or yes >= need or no >= need or errors > masters - need
+
+
+class Count:
+    """A running tally for a driver reading one round's replies as they arrive."""
+
+    __slots__ = ("errors", "masters", "no", "yes")
+
+    def __init__(self, votes: Sequence[Vote | None], masters: int) -> None:
+        self.masters = masters
+        self.yes = self.no = self.errors = 0
+        for vote in votes:
+            if vote is not None:
+                self.add(vote)
+
+    def add(self, vote: Vote) -> None:
+        if vote.outcome is Outcome.YES:
+            self.yes += 1
+        elif vote.outcome is Outcome.NO:
+            self.no += 1
+        else:
+            self.errors += 1
+
+    def decided(self, pending: int) -> bool:
+        return decided(self.yes, self.no, self.errors, pending, self.masters)
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Subscribe to release news on ``channel`` on every master; returns once subscribed
+    (or the per-master timeout passed), so a release after this point cannot be missed."""
+
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Sleep up to ``seconds``; a release message on the listened channel ends it early."""
+
+    seconds: float
+
+
+Effect: TypeAlias = Round | Listen | Wait
+Algorithm: TypeAlias = Generator[Effect, Any, Any]
+
+
+# --- requests and results ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The settings the algorithm itself consults (the rest belong to the drivers)."""
+
+    masters: int
+    drift_factor: float = 0.01
+    retry_count: int = 3
+    retry_delay: float = 0.2
+
+    @property
+    def quorum(self) -> int:
+        return quorum(self.masters)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Injected time and chance: the clock (monotonic seconds), jitter, and token source."""
+
+    clock: Callable[[], float]
+    rng: random.Random
+    new_token: Callable[[], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """What a won round proves: ``token`` holds ``key`` on a quorum until ``valid_until``
+    (on the context's clock)."""
+
+    resource: str
+    key: str
+    token: str
+    ttl: float
+    valid_until: float
+    votes: tuple[Vote, ...] = field(default=(), compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireRequest:
+    resource: str
+    key: str
+    ttl: float
+    blocking: bool = False
+    timeout: float | None = None
+
+
+def ttl_ms(ttl: float) -> int:
+    """TTL in whole milliseconds for the wire, rounded up so keys never live shorter."""
+    return max(1, math.ceil(ttl * 1000))
+
+
+# --- the decision step -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    after: float
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitRelease:
+    up_to: float
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    outage: bool
+
+
+Step: TypeAlias = Retry | AwaitRelease | GiveUp
+
+
+@dataclass(slots=True)
+class _Attempts:
+    """What one acquisition has seen so far: counts of inconclusive and outage rounds."""
+
+    splits: int = 0
+    outages: int = 0
+    listening: bool = False
+
+
+def next_step(
+    req: AcquireRequest,
+    policy: Policy,
+    seen: _Attempts,
+    *,
+    verdict: Verdict,
+    votes: Sequence[Vote],
+    left: float | None,
+    rng: random.Random,
+) -> Step:
+    """After a lost round: give up, retry after jitter, or wait for the holder's release.
+
+    ``left`` is the time until the caller's deadline (None: no deadline). Contention ends a
+    non-blocking call at once; a race (split vote) or an outage is retried ``retry_count``
+    times after a random delay, so that racing clients fall out of step. An outage is never
+    waited out past ``retry_count`` rounds, blocking or not: a caller waiting on a dead
+    cluster must be told, not left hanging.
+    """
+    if verdict is Verdict.OUTAGE:
+        seen.outages += 1
+        if seen.outages > policy.retry_count:
+            return GiveUp(outage=True)
+        return _bounded(Retry(rng.uniform(0, policy.retry_delay * 2 ** (seen.outages - 1))), left)
+    seen.outages = 0
+    if verdict is Verdict.SPLIT:
+        seen.splits += 1
+        if not req.blocking and seen.splits > policy.retry_count:
+            return GiveUp(outage=False)
+        return _bounded(Retry(rng.uniform(0, policy.retry_delay)), left)
+    if not req.blocking:
+        return GiveUp(outage=False)
+    wait = min(free_in(votes, policy.quorum), FALLBACK_POLL)
+    return _bounded(AwaitRelease(wait), left)
+
+
+def _bounded(step: Retry | AwaitRelease, left: float | None) -> Step:
+    """Keep a step within the caller's deadline; past it, give up."""
+    if left is None:
+        return step
+    if left <= 0:
+        return GiveUp(outage=False)
+    if isinstance(step, Retry):
+        return Retry(min(step.after, left))
+    return AwaitRelease(min(step.up_to, left))
+
+
+def free_in(votes: Sequence[Vote], need: int) -> float:
+    """Seconds until enough holders' keys expire for a quorum to be free again.
+
+    Masters that did not refuse us are free now; of the refusals, the ``k``-th soonest
+    expiry frees the ``k``-th more master. A key with no expiry (pttl -1) never frees.
+    """
+    free_now = sum(v.outcome is Outcome.YES for v in votes)
+    pttls = sorted(v.pttl_ms for v in votes if v.outcome is Outcome.NO and v.pttl_ms is not None)
+    pttls = [p for p in pttls if p >= 0]
+    missing = need - free_now
+    if missing <= 0:
+        return 0.0
+    if missing > len(pttls):
+        return FALLBACK_POLL
+    return pttls[missing - 1] / 1000 + CLOCK_PRECISION
+
+
+# --- the operations ----------------------------------------------------------------------
+
+
+def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
+    """Win ``req.key`` on a quorum; returns a :class:`Lease`, or None when it stays held.
+
+    Raises :class:`QuorumUnavailable` when rounds keep failing for want of answers.
+    """
+    deadline = None if req.timeout is None else ctx.clock() + req.timeout
+    seen = _Attempts()
+    wire_ttl = ttl_ms(req.ttl)
+    while True:
+        token = ctx.new_token()
+        start = ctx.clock()
+        votes = yield Round(Call(Verb.ACQUIRE, req.key, token, wire_ttl))
+        until = valid_until(start, req.ttl, policy.drift_factor)
+        tally = Tally.of(votes, policy.masters)
+        verdict = tally.verdict(in_time=ctx.clock() < until)
+        if verdict is Verdict.WON:
+            return Lease(req.resource, req.key, token, req.ttl, until, tuple(votes))
+        yield from _undo(req.key, token, votes)
+        left = None if deadline is None else deadline - ctx.clock()
+        step = next_step(req, policy, seen, verdict=verdict, votes=votes, left=left, rng=ctx.rng)
+        if isinstance(step, GiveUp):
+            if step.outage or verdict is Verdict.OUTAGE:
+                raise QuorumUnavailable(
+                    f"too few masters answered to lock {req.resource!r}: {tally.yes + tally.no}"
+                    f" of {policy.masters} in time, {policy.quorum} needed",
+                    resource=req.resource,
+                    votes=votes,
+                )
+            return None
+        if isinstance(step, Retry):
+            yield Wait(step.after)
+            continue
+        if not seen.listening:
+            # Subscribe, then ask again at once: a release between our round and the
+            # subscription would otherwise go unheard until the fallback poll.
+            seen.listening = True
+            yield Listen(req.key)
+            continue
+        yield Wait(step.up_to)
+
+
+def _undo(key: str, token: str, votes: Sequence[Vote]) -> Algorithm:
+    """Release a lost round wherever our token may have landed (a yes, or no answer),
+    without waiting: the keys expire anyway, and waiting would slow every refusal."""
+    maybe = tuple(i for i, v in enumerate(votes) if v.outcome is not Outcome.NO)
+    if maybe:
+        yield Round(Call(Verb.RELEASE, key, token), wait=False, targets=maybe)
+
+
+def extend(lease: Lease, ttl: float, policy: Policy, ctx: Context) -> Algorithm:
+    """Re-arm our key to ``ttl`` on a quorum; returns the renewed :class:`Lease`.
+
+    Raises :class:`LockLost` when the lease already expired or too many masters no
+    longer hold our token for a quorum ever to vouch for it again, and
+    :class:`QuorumUnavailable` when too few answered to tell (the old validity stands).
+    """
+    if ctx.clock() >= lease.valid_until:
+        raise LockLost(f"lock on {lease.resource!r} expired before it was extended",
+                       resource=lease.resource)
+    start = ctx.clock()
+    votes = yield Round(Call(Verb.EXTEND, lease.key, lease.token, ttl_ms(ttl)))
+    tally = Tally.of(votes, policy.masters)
+    until = valid_until(start, ttl, policy.drift_factor)
+    if tally.yes >= policy.quorum and ctx.clock() < until:
+        return replace(lease, ttl=ttl, valid_until=until, votes=tuple(votes))
+    if tally.no > policy.masters - policy.quorum or ctx.clock() >= lease.valid_until:
+        raise LockLost(
+            f"lock on {lease.resource!r} is lost: {tally.no} of {policy.masters} masters"
+            " no longer hold it",
+            resource=lease.resource,
+            votes=votes,
+        )
+    raise QuorumUnavailable(
+        f"too few masters answered to extend {lease.resource!r}"
+        f" ({tally.yes} yes of {policy.quorum} needed)",
+        resource=lease.resource,
+        votes=votes,
+    )
+
+
+def release(key: str, token: str, policy: Policy) -> Algorithm:
+    """Delete our key wherever it holds our token; returns (quorum released?, votes).
+
+    Masters whose key holds another token say no and keep it: release can never free a
+    lock that is not ours.
+    """
+    votes = yield Round(Call(Verb.RELEASE, key, token))
+    return Tally.of(votes, policy.masters).yes >= policy.quorum, tuple(votes)
+
+
+def inspect(key: str, policy: Policy) -> Algorithm:
+    """Whether a quorum of masters holds ``key`` now; returns (locked?, votes)."""
+    votes = yield Round(Call(Verb.INSPECT, key))
+    tally = Tally.of(votes, policy.masters)
+    if tally.yes + tally.no < policy.quorum:
+        raise QuorumUnavailable(
+            f"too few masters answered to inspect {key!r}", resource=key, votes=votes
+        )
+    return tally.yes >= policy.quorum, tuple(votes)

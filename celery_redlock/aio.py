@@ -1,0 +1,378 @@
+"""AsyncRedlock: the asyncio driver around the same algorithm as :class:`Redlock`.
+
+Usage::
+
+    dlm = AsyncRedlock(["redis://r1:6379/0", "redis://r2:6379/0", "redis://r3:6379/0"])
+    async with dlm.lock("report:2024-06", ttl=30, blocking=True, timeout=10) as lock:
+        ...
+
+Each round starts one task per master and settles as soon as a quorum said yes or can no
+longer say it; tasks still out finish in the background (bounded by the per-master
+timeout) and hand their connection back. Semantics, defaults and errors are
+:class:`~celery_redlock.Redlock`'s: only the waiting differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+import redis
+import redis.asyncio.connection as aconn
+from redis.exceptions import ResponseError
+
+from celery_redlock import _quorum
+from celery_redlock._base import HandleBase, ManagerBase, Renewal, Seconds, logger
+from celery_redlock._masters import MasterSpec
+from celery_redlock._quorum import Listen, Round, Vote
+from celery_redlock._scripts import Call, Outcome, is_noscript
+from celery_redlock.exceptions import (
+    ConfigurationError,
+    LockError,
+    LockLost,
+    LockNotAcquired,
+)
+
+__all__ = ["AsyncLock", "AsyncRedlock"]
+
+_IO_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError, asyncio.TimeoutError)
+
+_ASYNC_CLASSES = {
+    "Connection": aconn.Connection,
+    "SSLConnection": aconn.SSLConnection,
+    "UnixDomainSocketConnection": aconn.UnixDomainSocketConnection,
+}
+
+
+def _async_factory(spec: MasterSpec, timeout: float, *, reads: bool = True) -> Callable[[], Any]:
+    """A maker of asyncio connections with the same settings as the spec's sync class;
+    ``reads=False`` lifts the read timeout, for subscriptions that wait for news."""
+    klass = _ASYNC_CLASSES.get(spec.connection_class.__name__, aconn.Connection)
+    accepted: set[str] = set()
+    for base in klass.__mro__:
+        init = base.__dict__.get("__init__")
+        if init is not None:
+            accepted |= set(inspect.signature(init).parameters)
+    kwargs = {k: v for k, v in spec.connect_kwargs(timeout).items() if k in accepted}
+    kwargs.pop("retry", None)  # the sync Retry object; the async default retries nothing here
+    if not reads:
+        kwargs["socket_timeout"] = None
+    return lambda: klass(**kwargs)
+
+
+class _Driver:
+    """Runs the shared algorithm's effects with asyncio."""
+
+    def __init__(self, manager: AsyncRedlock) -> None:
+        self._m = manager
+        timeout = manager.settings.master_timeout
+        self._factories = [_async_factory(spec, timeout) for spec in manager._specs]
+        self._listeners = [_async_factory(s, timeout, reads=False) for s in manager._specs]
+        self._idle: list[list[Any]] = [[] for _ in manager._specs]
+        self._background: set[asyncio.Task[Vote]] = set()
+
+    async def run(self, algorithm: _quorum.Algorithm) -> Any:
+        """Drive one operation to its end; the sync driver's loop, with ``await``."""
+        listener: _Listener | None = None
+        result: Any = None
+        try:
+            while True:
+                effect = algorithm.send(result)
+                if isinstance(effect, Round):
+                    result = await self.round(effect)
+                elif isinstance(effect, Listen):
+                    listener = listener or _Listener(self)
+                    await listener.listen(effect.channel)
+                    result = None
+                else:
+                    await (listener or _Listener.idle).wait(effect.seconds)
+                    result = None
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            if listener is not None:
+                await listener.close()
+
+    async def round(self, rnd: Round) -> list[Vote]:
+        m = self._m
+        targets = rnd.targets if rnd.targets is not None else range(len(m._specs))
+        now = m.clock()
+        deadline = now + m.settings.master_timeout
+        votes: list[Vote | None] = [None] * len(targets)
+        tasks: dict[asyncio.Task[Vote], int] = {}
+        for pos, i in enumerate(targets):
+            skip = m._health[i].skip_reason(now)
+            if skip is not None:
+                votes[pos] = Vote(m._specs[i].name, Outcome.ERROR, error=skip)
+            else:
+                tasks[asyncio.ensure_future(self._exchange(i, rnd.call, deadline))] = pos
+        pending = set(tasks) if rnd.wait else set()
+        count = _quorum.Count(votes, m.policy.masters)
+        while not count.decided(len(pending)):
+            remaining = deadline - m.clock()
+            if remaining <= 0:
+                break
+            done, pending = await asyncio.wait(
+                pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                vote = task.result()
+                votes[tasks[task]] = vote
+                count.add(vote)
+        error = "no reply when the round settled" if rnd.wait else "not awaited"
+        for task, pos in tasks.items():
+            if votes[pos] is None:
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                votes[pos] = Vote(m._specs[targets[pos]].name, Outcome.ERROR, error=error)
+        return [v for v in votes if v is not None]
+
+    async def _exchange(self, i: int, call: Call, deadline: float) -> Vote:
+        """One call to master ``i`` on a connection of its own; never raises."""
+        m = self._m
+        name = m._specs[i].name
+        conn = self._idle[i].pop() if self._idle[i] else self._factories[i]()
+        try:
+            reply = await asyncio.wait_for(self._call(conn, call), deadline - m.clock())
+        except ResponseError as exc:
+            self._idle[i].append(conn)
+            return Vote(name, Outcome.ERROR, error=f"{type(exc).__name__}: {exc}")
+        except _IO_ERRORS as exc:
+            await conn.disconnect()
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else "no reply in time"
+            m._health[i].failed(m.clock(), error)
+            return Vote(name, Outcome.ERROR, error=error)
+        except BaseException:
+            await conn.disconnect()
+            raise
+        self._idle[i].append(conn)
+        m._health[i].succeeded()
+        parsed = call.parse(reply)
+        return Vote(name, parsed.outcome, parsed.pttl_ms)
+
+    @staticmethod
+    async def _call(conn: Any, call: Call) -> Any:
+        await conn.send_packed_command(conn.pack_command(*call.command()), check_health=False)
+        try:
+            return await conn.read_response()
+        except ResponseError as exc:
+            if not is_noscript(exc):
+                raise
+        await conn.send_packed_command(conn.pack_command(*call.fallback()), check_health=False)
+        return await conn.read_response()
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            with contextlib.suppress(BaseException):
+                await task
+        for idle in self._idle:
+            while idle:
+                await idle.pop().disconnect()
+
+
+class _Listener:
+    """Subscriptions to one channel on every master, for one blocked acquisition."""
+
+    idle: _Listener
+
+    def __init__(self, driver: _Driver | None) -> None:
+        self._driver = driver
+        self._conns: list[Any] = []
+        self._news = asyncio.Event() if driver is not None else None
+        self._readers: list[asyncio.Task[None]] = []
+
+    async def listen(self, channel: str) -> None:
+        d = self._driver
+        assert d is not None
+        m = d._m
+        now = m.clock()
+        ready: list[asyncio.Future[None]] = []
+        for i, factory in enumerate(d._listeners):
+            if m._health[i].skip_reason(now) is not None:
+                continue
+            conn = factory()
+            self._conns.append(conn)
+            confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            ready.append(confirmed)
+            self._readers.append(asyncio.ensure_future(self._read(conn, channel, confirmed)))
+        # Subscribed means confirmed: only then can no release slip past unheard.
+        if ready:
+            await asyncio.wait(ready, timeout=m.settings.master_timeout,
+                               return_when=asyncio.ALL_COMPLETED)
+
+    async def _read(self, conn: Any, channel: str, confirmed: asyncio.Future[None]) -> None:
+        assert self._news is not None
+        try:
+            await conn.send_command("SUBSCRIBE", channel)
+            while True:
+                reply = await conn.read_response()
+                if reply and reply[0] == b"subscribe" and not confirmed.done():
+                    confirmed.set_result(None)
+                elif reply and reply[0] == b"message":
+                    self._news.set()
+        except (*_IO_ERRORS, ResponseError):
+            if not confirmed.done():
+                confirmed.set_result(None)
+
+    async def wait(self, seconds: float) -> None:
+        if self._news is None or not self._readers:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._news.wait(), seconds)
+        self._news.clear()
+
+    async def close(self) -> None:
+        for task in self._readers:
+            task.cancel()
+        for task in self._readers:
+            with contextlib.suppress(BaseException):
+                await task
+        for conn in self._conns:
+            await conn.disconnect()
+
+
+_Listener.idle = _Listener(None)
+
+
+class AsyncLock(HandleBase["AsyncRedlock"]):
+    """A held lock, for asyncio: :class:`~celery_redlock.Lock`'s twin with awaitable verbs."""
+
+    def __init__(self, manager: AsyncRedlock, lease: _quorum.Lease,
+                 renewal: Renewal | None) -> None:
+        super().__init__(manager, lease, renewal)
+        self._mutex = asyncio.Lock()
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def release(self) -> bool:
+        """Free the lock; True when a quorum deleted our key. Renewal stops first."""
+        async with self._mutex:
+            if self._released:
+                return False
+            self._released = True
+            if self._renewer is not None:
+                self._renewer.cancel()
+        released, votes = await self._manager._driver.run(
+            _quorum.release(self.key, self.token, self._manager.policy)
+        )
+        if not released:
+            logger.info("release of %r reached no quorum: %s", self.resource,
+                        "; ".join(map(str, votes)))
+        return bool(released)
+
+    async def extend(self, ttl: Seconds | None = None) -> float:
+        """Re-arm the lock to ``ttl`` seconds (default: its TTL); returns the new validity."""
+        async with self._mutex:
+            if self._released:
+                raise LockLost(f"lock on {self.resource!r} was released", resource=self.resource)
+            new_ttl = self._ttl if ttl is None else self._manager.settings.ttl(ttl)
+            m = self._manager
+            self._lease = await m._driver.run(
+                _quorum.extend(self._lease, new_ttl, m.policy, m._ctx)
+            )
+            return self.validity
+
+    async def _renew_forever(self, delay: float) -> None:
+        while True:
+            await asyncio.sleep(delay)
+            async with self._mutex:
+                ttl = self._next_ttl()
+                if ttl is None:
+                    return
+                m = self._manager
+                try:
+                    lease = await m._driver.run(_quorum.extend(self._lease, ttl, m.policy, m._ctx))
+                except LockError as exc:
+                    next_delay = self._renewal_failed(exc)
+                else:
+                    next_delay = self._renewed(lease)
+            if next_delay is None:
+                return
+            delay = next_delay
+
+    async def __aenter__(self) -> AsyncLock:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.release()
+
+
+class AsyncRedlock(ManagerBase):
+    """:class:`~celery_redlock.Redlock` for asyncio: same masters, options and semantics.
+
+    Use one instance per event loop: its connections belong to the loop that opened them.
+    """
+
+    def __init__(self, masters: Sequence[Any], **options: Any) -> None:
+        super().__init__(masters, **options)
+        self._driver = _Driver(self)
+
+    async def acquire(
+        self,
+        resource: str,
+        ttl: Seconds,
+        *,
+        blocking: bool = False,
+        timeout: Seconds | None = None,
+        auto_renew: bool = False,
+        renew_every: Seconds | None = None,
+        max_hold: Seconds | None = None,
+        on_lost: Callable[[AsyncLock, LockLost], None] | None = None,
+    ) -> AsyncLock | None:
+        """Lock ``resource`` for ``ttl`` seconds; see :meth:`Redlock.acquire`."""
+        req = self._request(resource, ttl, blocking, timeout)
+        renewal = self._renewal(req.ttl, auto_renew, renew_every, max_hold, on_lost)
+        lease = await self._driver.run(_quorum.acquire(req, self.policy, self._ctx))
+        if lease is None:
+            return None
+        lock = AsyncLock(self, lease, renewal)
+        if renewal is not None:
+            lock._renewer = asyncio.ensure_future(lock._renew_forever(renewal.every))
+        return lock
+
+    @contextlib.asynccontextmanager
+    async def lock(
+        self, resource: str, ttl: Seconds, *, blocking: bool = False,
+        timeout: Seconds | None = None, **renewal: Any,
+    ) -> AsyncIterator[AsyncLock]:
+        """``async with dlm.lock(...) as lock:``; raises :class:`LockNotAcquired` if held."""
+        lock = await self.acquire(resource, ttl, blocking=blocking, timeout=timeout, **renewal)
+        if lock is None:
+            raise LockNotAcquired(f"{resource!r} is locked by another holder",
+                                  resource=resource)
+        async with lock:
+            yield lock
+
+    async def release(self, resource: str, token: str) -> bool:
+        """Release by ``(resource, token)``; only keys holding exactly this token go."""
+        if not isinstance(token, str) or not token:
+            raise ConfigurationError("token must be a non-empty string")
+        key = self.settings.key(resource)
+        released, _votes = await self._driver.run(_quorum.release(key, token, self.policy))
+        return bool(released)
+
+    async def locked(self, resource: str) -> bool:
+        """Whether a quorum of masters holds ``resource`` now (by anyone)."""
+        key = self.settings.key(resource)
+        held, _votes = await self._driver.run(_quorum.inspect(key, self.policy))
+        return bool(held)
+
+    async def close(self) -> None:
+        """Close every connection; waits for replies still in flight (bounded)."""
+        await self._driver.close()
+
+    async def __aenter__(self) -> AsyncRedlock:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<AsyncRedlock masters={list(self.masters)} quorum={self.quorum}>"

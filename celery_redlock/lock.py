@@ -1,0 +1,513 @@
+"""Redlock for threads: the sync driver around the shared algorithm, and the lock handle.
+
+Usage::
+
+    from celery_redlock import Redlock
+
+    dlm = Redlock(["redis://r1:6379/0", "redis://r2:6379/0", "redis://r3:6379/0"])
+    with dlm.lock("report:2024-06", ttl=30, blocking=True, timeout=10) as lock:
+        ...  # lock.validity says how many seconds are still safely ours
+
+How a round runs: each thread owns one connection per master. The command goes out to
+every master before any reply is read (scatter), then replies are read as they arrive
+(``poll`` over all sockets at once) until the round is settled, which is as soon as a
+quorum said yes or can no longer say it. A master that has not answered by then keeps its
+reply owed on that connection and is drained at its next use; commands on one connection
+stay in order, so a clean-up never overtakes the call it cleans up after. A master that
+misses the per-master timeout is disconnected and skipped for a short cool-down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import math
+import os
+import select
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from types import TracebackType
+from typing import Any
+
+import redis
+from redis.exceptions import ResponseError
+
+from celery_redlock import _quorum
+from celery_redlock._base import HandleBase, ManagerBase, Seconds, logger
+from celery_redlock._masters import MasterSpec
+from celery_redlock._quorum import Listen, Round, Vote
+from celery_redlock._scripts import Call, Outcome, is_noscript
+from celery_redlock.exceptions import ConfigurationError, LockError, LockLost, LockNotAcquired
+
+__all__ = ["Lock", "Redlock"]
+
+#: Failures that mean "this master did not answer", as opposed to an error reply.
+_IO_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+# Bumped in a forked child: connections inherited from the parent must never be used
+# (their sockets are the parent's), so every cache below checks it.
+_generation = 0
+
+
+def _after_fork() -> None:
+    global _generation  # noqa: PLW0603
+    _generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+class _Link:
+    """One connection to one master, used by one thread; ``owed`` counts replies still due
+    for commands whose round settled without them."""
+
+    __slots__ = ("__weakref__", "conn", "owed")
+
+    def __init__(self, spec: MasterSpec, timeout: float) -> None:
+        self.conn: Any = spec.connection_class(**spec.connect_kwargs(timeout))
+        self.owed = 0
+
+    def send(self, command: Sequence[Any]) -> None:
+        self.conn.send_packed_command(self.conn.pack_command(*command), check_health=False)
+
+    def fileno(self) -> int:
+        return int(self.conn._sock.fileno())
+
+    def ready(self) -> bool:
+        """Whether a reply is already buffered (poll would not report it)."""
+        sock = self.conn._sock
+        if sock is None:
+            return False
+        return bool(getattr(sock, "pending", lambda: 0)()) or bool(self.conn.can_read(0))
+
+    def reset(self) -> None:
+        self.conn.disconnect()
+        self.owed = 0
+
+
+class _Driver:
+    """Runs the shared algorithm's effects with blocking sockets."""
+
+    def __init__(self, manager: Redlock) -> None:
+        self._m = manager
+        self._local = threading.local()
+        self._all: weakref.WeakSet[_Link] = weakref.WeakSet()
+
+    def run(self, algorithm: _quorum.Algorithm) -> Any:
+        """Drive one operation to its end; the loop the asyncio driver mirrors."""
+        listener: _Listener | None = None
+        result: Any = None
+        try:
+            while True:
+                effect = algorithm.send(result)
+                if isinstance(effect, Round):
+                    result = self.round(effect)
+                elif isinstance(effect, Listen):
+                    listener = listener or _Listener(self._m)
+                    listener.listen(effect.channel)
+                    result = None
+                else:
+                    (listener or _Listener.idle).wait(effect.seconds)
+                    result = None
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            if listener is not None:
+                listener.close()
+
+    def links(self) -> list[_Link]:
+        cached = getattr(self._local, "links", None)
+        if cached is None or cached[0] != _generation:
+            timeout = self._m.settings.master_timeout
+            links = [_Link(spec, timeout) for spec in self._m._specs]
+            self._all.update(links)
+            cached = (_generation, links)
+            self._local.links = cached
+        return cached[1]
+
+    def close(self) -> None:
+        for link in list(self._all):
+            link.reset()
+
+    def round(self, rnd: Round) -> list[Vote]:
+        m = self._m
+        targets = rnd.targets if rnd.targets is not None else range(len(m._specs))
+        links = self.links()
+        now = m.clock()
+        votes: list[Vote | None] = [None] * len(targets)
+        waiting: dict[int, tuple[int, int]] = {}  # fd -> (position in votes, master)
+        command = rnd.call.command()
+        for pos, i in enumerate(targets):
+            skip = m._health[i].skip_reason(now)
+            if skip is not None:
+                votes[pos] = Vote(m._specs[i].name, Outcome.ERROR, error=skip)
+                continue
+            try:
+                links[i].send(command)
+                waiting[links[i].fileno()] = (pos, i)
+            except _IO_ERRORS as exc:
+                votes[pos] = self._failed(i, links[i], exc)
+        if not rnd.wait:
+            for _pos, i in waiting.values():
+                links[i].owed += 1
+            return [v or Vote(m._specs[t].name, Outcome.ERROR, error="not awaited")
+                    for v, t in zip(votes, targets, strict=True)]
+        self._collect(rnd, links, waiting, votes, now + m.settings.master_timeout)
+        return [v for v in votes if v is not None]
+
+    def _collect(
+        self,
+        rnd: Round,
+        links: list[_Link],
+        waiting: dict[int, tuple[int, int]],
+        votes: list[Vote | None],
+        deadline: float,
+    ) -> None:
+        """Read replies as they come until the round is settled or the deadline passes."""
+        m = self._m
+        count = _quorum.Count(votes, m.policy.masters)
+        poller = select.poll()
+        for fd in waiting:
+            poller.register(fd, select.POLLIN)
+        while not count.decided(len(waiting)):
+            remaining = deadline - m.clock()
+            if remaining <= 0:
+                break
+            for fd, _event in poller.poll(math.ceil(remaining * 1000)):
+                pos, i = waiting[fd]
+                vote = self._read(i, links[i], rnd.call)
+                if vote is None:
+                    continue
+                votes[pos] = vote
+                count.add(vote)
+                del waiting[fd]
+                poller.unregister(fd)
+        expired = m.clock() >= deadline
+        for pos, i in waiting.values():
+            if expired:
+                exc = redis.TimeoutError(
+                    f"no reply within {m.settings.master_timeout * 1000:.0f} ms"
+                )
+                votes[pos] = self._failed(i, links[i], exc)
+            else:
+                links[i].owed += 1
+                votes[pos] = Vote(m._specs[i].name, Outcome.ERROR, error="settled without it")
+
+    def _read(self, i: int, link: _Link, call: Call) -> Vote | None:
+        """Read what master ``i`` sent; a Vote, or None while its reply is still to come."""
+        name = self._m._specs[i].name
+        try:
+            while link.owed:
+                with contextlib.suppress(ResponseError):
+                    link.conn.read_response()
+                link.owed -= 1
+                if not link.ready():
+                    return None
+            reply = link.conn.read_response()
+        except ResponseError as exc:
+            if is_noscript(exc):
+                link.send(call.fallback())
+                return None
+            return Vote(name, Outcome.ERROR, error=f"{type(exc).__name__}: {exc}")
+        except _IO_ERRORS as exc:
+            return self._failed(i, link, exc)
+        self._m._health[i].succeeded()
+        parsed = call.parse(reply)
+        return Vote(name, parsed.outcome, parsed.pttl_ms)
+
+    def _failed(self, i: int, link: _Link, exc: BaseException) -> Vote:
+        link.reset()
+        error = f"{type(exc).__name__}: {exc}"
+        self._m._health[i].failed(self._m.clock(), error)
+        return Vote(self._m._specs[i].name, Outcome.ERROR, error=error)
+
+
+class _Listener:
+    """Subscriptions to one channel on every master, opened for one blocked acquisition.
+
+    Connections are made per wait rather than kept: only a blocked caller pays for them,
+    and the hand-off (release → message → our next round) stays a single round trip.
+    """
+
+    idle: _Listener
+
+    def __init__(self, manager: Redlock | None) -> None:
+        self._m = manager
+        self._conns: dict[int, Any] = {}
+
+    def listen(self, channel: str) -> None:
+        m = self._m
+        assert m is not None
+        now = m.clock()
+        deadline = now + m.settings.master_timeout
+        pending: dict[int, Any] = {}
+        for i, spec in enumerate(m._specs):
+            if m._health[i].skip_reason(now) is not None:
+                continue
+            conn = spec.connection_class(**spec.connect_kwargs(m.settings.master_timeout))
+            try:
+                conn.send_command("SUBSCRIBE", channel)
+                pending[conn._sock.fileno()] = conn
+            except _IO_ERRORS:
+                conn.disconnect()
+        self._conns.update(pending)
+        # Subscribed means confirmed: only then can no release slip past unheard.
+        self._poll(deadline, want=b"subscribe", until_all=True)
+
+    def wait(self, seconds: float) -> None:
+        if not self._conns or self._m is None:
+            time.sleep(seconds)
+            return
+        self._poll(self._m.clock() + seconds, want=b"message", until_all=False)
+
+    def _poll(self, deadline: float, want: bytes, until_all: bool) -> None:
+        assert self._m is not None
+        poller = select.poll()
+        for fd in self._conns:
+            poller.register(fd, select.POLLIN)
+        outstanding = set(self._conns)
+        while outstanding:
+            remaining = deadline - self._m.clock()
+            if remaining <= 0:
+                return
+            for fd, _event in poller.poll(math.ceil(remaining * 1000)):
+                try:
+                    kind = self._conns[fd].read_response()[0]
+                except _IO_ERRORS:
+                    poller.unregister(fd)
+                    outstanding.discard(fd)
+                    continue
+                if kind == want:
+                    if not until_all:
+                        return
+                    outstanding.discard(fd)
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.disconnect()
+        self._conns.clear()
+
+
+_Listener.idle = _Listener(None)
+
+
+class Lock(HandleBase["Redlock"]):
+    """A held lock. Release it (or leave a ``with`` block) to free it for others.
+
+    ``validity`` is how many seconds it is still safely ours; ``valid`` turns False when
+    that runs out, when it is released, or when automatic renewal reported it lost.
+    """
+
+    def __init__(self, manager: Redlock, lease: _quorum.Lease, renewal: Any) -> None:
+        super().__init__(manager, lease, renewal)
+        self._mutex = threading.Lock()
+
+    def release(self) -> bool:
+        """Free the lock; True when a quorum of masters deleted our key.
+
+        Renewal stops first, strictly: the mutex waits out an extension in flight.
+        """
+        with self._mutex:
+            if self._released:
+                return False
+            self._released = True
+        released, votes = self._manager._driver.run(
+            _quorum.release(self.key, self.token, self._manager.policy)
+        )
+        if not released:
+            logger.info("release of %r reached no quorum: %s", self.resource,
+                        "; ".join(map(str, votes)))
+        return bool(released)
+
+    def extend(self, ttl: Seconds | None = None) -> float:
+        """Re-arm the lock to ``ttl`` seconds (default: its TTL); returns the new validity.
+
+        Raises :class:`LockLost` when it is no longer ours, :class:`QuorumUnavailable` when
+        too few masters answered (the previous validity still stands).
+        """
+        with self._mutex:
+            if self._released:
+                raise LockLost(f"lock on {self.resource!r} was released", resource=self.resource)
+            new_ttl = self._ttl if ttl is None else self._manager.settings.ttl(ttl)
+            m = self._manager
+            self._lease = m._driver.run(_quorum.extend(self._lease, new_ttl, m.policy, m._ctx))
+            return self.validity
+
+    def _renew(self) -> float | None:
+        """One renewal by the watchdog; the delay before the next, or None to stop."""
+        with self._mutex:
+            ttl = self._next_ttl()
+            if ttl is None:
+                return None
+            m = self._manager
+            try:
+                lease = m._driver.run(_quorum.extend(self._lease, ttl, m.policy, m._ctx))
+            except LockError as exc:
+                return self._renewal_failed(exc)
+            return self._renewed(lease)
+
+    def __enter__(self) -> Lock:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+class _Watchdog:
+    """One thread per lock manager renewing every auto-renewed lock when it falls due.
+
+    A heap of due times rather than a thread per lock (Redisson's design): a worker holding
+    many locks costs one idle thread. The thread exits when it has nothing to do.
+    """
+
+    IDLE_EXIT = 5.0
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Lock]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._generation = _generation
+
+    def add(self, lock: Lock, due: float) -> None:
+        with self._cond:
+            if self._generation != _generation:  # forked: the parent's locks are not ours
+                self._heap.clear()
+                self._thread = None
+                self._generation = _generation
+            heapq.heappush(self._heap, (due, next(self._seq), lock))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="celery-redlock-renewal", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                lock = self._next_due()
+                if lock is None:
+                    self._thread = None
+                    return
+            delay = lock._renew()
+            if delay is not None:
+                self.add(lock, lock._manager.clock() + delay)
+
+    def _next_due(self) -> Lock | None:
+        idle_since = time.monotonic()
+        while True:
+            if not self._heap:
+                if time.monotonic() - idle_since >= self.IDLE_EXIT:
+                    return None
+                self._cond.wait(self.IDLE_EXIT)
+                continue
+            due, _seq, lock = self._heap[0]
+            wait = due - lock._manager.clock()
+            if wait <= 0:
+                heapq.heappop(self._heap)
+                return lock
+            self._cond.wait(wait)
+
+
+class Redlock(ManagerBase):
+    """A lock manager over N independent Redis masters, shared freely between threads.
+
+    ``masters``: URLs (``redis://``, ``rediss://``, ``unix://``), dicts of redis-py
+    arguments, or ``redis.Redis`` clients (their connection settings are copied, with our
+    timeouts). Options and their defaults are :class:`~celery_redlock.LockSettings`'s:
+    ``master_timeout=0.1``, ``retry_count=3``, ``retry_delay=0.2``, ``drift_factor=0.01``,
+    ``key_prefix="redlock:"``. Safe across ``fork()``: a child opens its own connections.
+    """
+
+    def __init__(self, masters: Sequence[Any], **options: Any) -> None:
+        super().__init__(masters, **options)
+        self._driver = _Driver(self)
+        self._watchdog = _Watchdog()
+
+    def acquire(
+        self,
+        resource: str,
+        ttl: Seconds,
+        *,
+        blocking: bool = False,
+        timeout: Seconds | None = None,
+        auto_renew: bool = False,
+        renew_every: Seconds | None = None,
+        max_hold: Seconds | None = None,
+        on_lost: Callable[[Lock, LockLost], None] | None = None,
+    ) -> Lock | None:
+        """Lock ``resource`` for ``ttl`` seconds; the handle, or None if others hold it.
+
+        ``blocking=False`` (default) answers at once when the resource is held, retrying
+        only a race or an outage (``retry_count`` times). ``blocking=True`` waits for the
+        holder's release (woken by its message, not by polling) up to ``timeout``
+        seconds (None: no limit). ``auto_renew=True`` keeps the lock alive every
+        ``renew_every`` seconds (default ttl/3) until released or ``max_hold`` seconds;
+        if it cannot, the handle turns invalid and ``on_lost(lock, error)`` is called.
+
+        Raises :class:`QuorumUnavailable` when too few masters answer, and
+        :class:`ConfigurationError` for bad arguments.
+        """
+        req = self._request(resource, ttl, blocking, timeout)
+        renewal = self._renewal(req.ttl, auto_renew, renew_every, max_hold, on_lost)
+        lease = self._driver.run(_quorum.acquire(req, self.policy, self._ctx))
+        if lease is None:
+            return None
+        lock = Lock(self, lease, renewal)
+        if renewal is not None:
+            self._watchdog.add(lock, self.clock() + renewal.every)
+        return lock
+
+    @contextlib.contextmanager
+    def lock(
+        self, resource: str, ttl: Seconds, *, blocking: bool = False,
+        timeout: Seconds | None = None, **renewal: Any,
+    ) -> Iterator[Lock]:
+        """``with dlm.lock(...) as lock:`` runs the block only while holding the lock.
+
+        Raises :class:`LockNotAcquired` instead of entering when others hold it, and
+        releases on the way out however the block ends.
+        """
+        lock = self.acquire(resource, ttl, blocking=blocking, timeout=timeout, **renewal)
+        if lock is None:
+            raise LockNotAcquired(f"{resource!r} is locked by another holder",
+                                  resource=resource)
+        with lock:
+            yield lock
+
+    def release(self, resource: str, token: str) -> bool:
+        """Release by ``(resource, token)``, e.g. from another process than the holder's.
+
+        Only keys holding exactly this token are deleted; True when a quorum was.
+        """
+        if not isinstance(token, str) or not token:
+            raise ConfigurationError("token must be a non-empty string")
+        key = self.settings.key(resource)
+        released, _votes = self._driver.run(_quorum.release(key, token, self.policy))
+        return bool(released)
+
+    def locked(self, resource: str) -> bool:
+        """Whether a quorum of masters holds ``resource`` now (by anyone)."""
+        key = self.settings.key(resource)
+        held, _votes = self._driver.run(_quorum.inspect(key, self.policy))
+        return bool(held)
+
+    def close(self) -> None:
+        """Close every connection this manager opened (in any thread)."""
+        self._driver.close()
+
+    def __enter__(self) -> Redlock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Redlock masters={list(self.masters)} quorum={self.quorum}>"

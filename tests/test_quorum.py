@@ -1,0 +1,216 @@
+"""The algorithm's decisions, run on simulated masters and a virtual clock."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from celery_redlock import _quorum
+from celery_redlock._quorum import AcquireRequest, Vote
+from celery_redlock._scripts import Outcome, Verb
+from celery_redlock.exceptions import LockLost, QuorumUnavailable
+from tests.sim import SimCluster
+
+
+def request(blocking: bool = False, timeout: float | None = None) -> AcquireRequest:
+    return AcquireRequest("res", "k:res", 10.0, blocking, timeout)
+
+
+@pytest.mark.parametrize(("n", "q"), [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (7, 4)])
+def test_quorum_is_a_strict_majority(n: int, q: int) -> None:
+    assert _quorum.quorum(n) == q
+
+
+@given(st.integers(1, 15))
+def test_two_quorums_always_share_a_master(n: int) -> None:
+    assert 2 * _quorum.quorum(n) > n
+
+
+def test_validity_counts_from_before_the_round_and_discounts_drift() -> None:
+    # 10 s TTL, drift 1% + 2 ms: good until start + 10 - 0.102.
+    assert _quorum.valid_until(100.0, 10.0, 0.01) == pytest.approx(109.898)
+
+
+@given(
+    yes=st.integers(0, 7), no=st.integers(0, 7), errors=st.integers(0, 7),
+    pending=st.integers(0, 7),
+)
+def test_decided_never_stops_while_the_verdict_could_change(
+    yes: int, no: int, errors: int, pending: int
+) -> None:
+    n = yes + no + errors + pending
+    if n == 0:
+        return
+    q = _quorum.quorum(n)
+    if not _quorum.decided(yes, no, errors, pending, n):
+        return
+    # However the pending masters would have answered, the verdict is the same.
+    verdicts = {
+        _quorum.Tally(yes + y, no + (pending - y - e), errors + e, q).verdict()
+        for y in range(pending + 1)
+        for e in range(pending - y + 1)
+    }
+    assert len(verdicts) == 1
+
+
+def test_acquire_wins_on_a_quorum_and_reports_votes() -> None:
+    sim = SimCluster(5)
+    lease = sim.run(_quorum.acquire(request(), sim.policy(), sim.context()))
+    assert lease is not None
+    assert lease.token == "t1"
+    assert len(lease.votes) == 5
+    assert all(m.live("k:res", sim.now) == "t1" for m in sim.masters)
+
+
+def test_acquire_with_a_minority_down_still_wins() -> None:
+    sim = SimCluster(5)
+    sim.masters[0].up = sim.masters[1].up = False
+    lease = sim.run(_quorum.acquire(request(), sim.policy(), sim.context()))
+    assert lease is not None
+    assert sum(v.outcome is Outcome.ERROR for v in lease.votes) == 2
+
+
+def test_held_resource_ends_a_non_blocking_call_at_once() -> None:
+    sim = SimCluster(3)
+    first = sim.run(_quorum.acquire(request(), sim.policy(), sim.context()))
+    assert first is not None
+    second = sim.run(_quorum.acquire(request(), sim.policy(), sim.context()))
+    assert second is None
+    assert sim.waits == []  # no retries against a clear holder
+
+
+def test_majority_down_raises_outage_after_retries_and_leaves_no_keys() -> None:
+    sim = SimCluster(5)
+    for m in sim.masters[:3]:
+        m.up = False
+    with pytest.raises(QuorumUnavailable) as err:
+        sim.run(_quorum.acquire(request(), sim.policy(retry_count=2), sim.context()))
+    assert err.value.resource == "res"
+    assert len(err.value.votes) == 5
+    acquires = [r for r in sim.rounds if r.call.verb is Verb.ACQUIRE]
+    assert len(acquires) == 3
+    assert all(m.live("k:res", sim.now) is None for m in sim.masters[3:])
+
+
+def test_split_vote_releases_its_minority_and_retries_with_jitter() -> None:
+    sim = SimCluster(3)
+    # One master held by a stranger, one down, one free: nobody can show a quorum.
+    sim.masters[0].keys["k:res"] = ("a", 10.0)
+    sim.masters[1].up = False
+    result = sim.run(_quorum.acquire(request(), sim.policy(retry_count=2), sim.context()))
+    assert result is None
+    assert len(sim.waits) == 2
+    assert all(0 <= w <= 0.2 for w in sim.waits)
+    assert sim.masters[2].live("k:res", sim.now) is None  # our minority key was undone
+
+
+def test_expired_round_is_not_a_win() -> None:
+    sim = SimCluster(3, latency=11.0)  # the round outlives the 10 s TTL
+    result = sim.run(_quorum.acquire(request(), sim.policy(retry_count=0), sim.context()))
+    assert result is None
+
+
+def test_blocking_acquire_listens_then_waits_for_the_holders_expiry() -> None:
+    sim = SimCluster(3)
+    for m in sim.masters:
+        m.keys["k:res"] = ("other", 0.5)
+    lease = sim.run(_quorum.acquire(request(blocking=True, timeout=5), sim.policy(),
+                                    sim.context()))
+    assert lease is not None
+    assert sim.listens == 1
+    # It waited about until the holder's keys expired, not a fixed poll interval.
+    assert sim.waits
+    assert sim.waits[0] == pytest.approx(0.5 - 0.002, abs=0.01)
+
+
+def test_blocking_acquire_gives_up_at_its_timeout() -> None:
+    sim = SimCluster(3)
+    for m in sim.masters:
+        m.keys["k:res"] = ("other", 100.0)
+    lease = sim.run(_quorum.acquire(request(blocking=True, timeout=2.5), sim.policy(),
+                                    sim.context()))
+    assert lease is None
+    assert sim.now == pytest.approx(2.5, abs=0.05)
+
+
+def test_free_in_counts_the_quorum_th_expiry() -> None:
+    votes = [
+        Vote("a", Outcome.NO, 300),
+        Vote("b", Outcome.NO, 100),
+        Vote("c", Outcome.YES),
+        Vote("d", Outcome.NO, 200),
+        Vote("e", Outcome.ERROR, error="x"),
+    ]
+    # One free now; two more needed: the second-soonest expiry, 200 ms.
+    assert _quorum.free_in(votes, 3) == pytest.approx(0.202)
+    assert _quorum.free_in([Vote("a", Outcome.NO, -1)], 1) == _quorum.FALLBACK_POLL
+
+
+def test_extend_renews_and_fails_cleanly_once_lost() -> None:
+    sim = SimCluster(3)
+    policy, ctx = sim.policy(), sim.context()
+    lease = sim.run(_quorum.acquire(request(), policy, ctx))
+    renewed = sim.run(_quorum.extend(lease, 20.0, policy, ctx))
+    assert renewed.valid_until > lease.valid_until
+    for m in sim.masters[:2]:
+        m.keys.clear()
+    with pytest.raises(LockLost):
+        sim.run(_quorum.extend(renewed, 20.0, policy, ctx))
+
+
+def test_extend_after_expiry_fails_without_a_round() -> None:
+    sim = SimCluster(3)
+    policy, ctx = sim.policy(), sim.context()
+    lease = sim.run(_quorum.acquire(request(), policy, ctx))
+    sim.now += 11
+    rounds = len(sim.rounds)
+    with pytest.raises(LockLost, match="expired"):
+        sim.run(_quorum.extend(lease, 10.0, policy, ctx))
+    assert len(sim.rounds) == rounds
+
+
+def test_extend_never_resurrects_an_expired_key() -> None:
+    sim = SimCluster(3)
+    policy, ctx = sim.policy(), sim.context()
+    lease = sim.run(_quorum.acquire(request(), policy, ctx))
+    sim.masters[0].keys.clear()  # one master lost it
+    renewed = sim.run(_quorum.extend(lease, 10.0, policy, ctx))
+    assert renewed is not None
+    assert sim.masters[0].live("k:res", sim.now) is None
+
+
+def test_extend_with_masters_down_is_an_outage_not_a_loss() -> None:
+    sim = SimCluster(3)
+    policy, ctx = sim.policy(), sim.context()
+    lease = sim.run(_quorum.acquire(request(), policy, ctx))
+    sim.masters[0].up = sim.masters[1].up = False
+    with pytest.raises(QuorumUnavailable):
+        sim.run(_quorum.extend(lease, 10.0, policy, ctx))
+
+
+def test_release_never_deletes_another_holders_key() -> None:
+    sim = SimCluster(3)
+    policy, ctx = sim.policy(), sim.context()
+    lease = sim.run(_quorum.acquire(request(), policy, ctx))
+    sim.masters[0].keys["k:res"] = ("intruder", 99.0)
+    released, votes = sim.run(_quorum.release(lease.key, lease.token, policy))
+    assert released  # two of three held our token
+    assert sim.masters[0].live("k:res", sim.now) == "intruder"
+    assert [v.outcome for v in votes] == [Outcome.NO, Outcome.YES, Outcome.YES]
+
+
+def test_inspect_reports_a_quorum_view() -> None:
+    sim = SimCluster(3)
+    policy = sim.policy()
+    assert sim.run(_quorum.inspect("k:res", policy))[0] is False
+    sim.masters[0].keys["k:res"] = ("x", 9.0)
+    assert sim.run(_quorum.inspect("k:res", policy))[0] is False
+    sim.masters[1].keys["k:res"] = ("x", 9.0)
+    assert sim.run(_quorum.inspect("k:res", policy))[0] is True
+
+
+def test_ttl_goes_on_the_wire_rounded_up() -> None:
+    assert _quorum.ttl_ms(0.0001) == 1
+    assert _quorum.ttl_ms(1.0001) == 1001
+    assert _quorum.ttl_ms(2) == 2000
