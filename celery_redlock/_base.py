@@ -175,10 +175,7 @@ class HandleBase(Generic[M]):
 
     def __repr__(self) -> str:
         state = "released" if self._released else "lost" if self._lost else "held"
-        return (
-            f"<{type(self).__name__} {self.resource!r} {state},"
-            f" validity={self.validity:.3f}s>"
-        )
+        return f"<{type(self).__name__} {self.resource!r} {state}, validity={self.validity:.3f}s>"
 
     # --- renewal decisions (the drivers wait and extend; these decide) ---
 
@@ -205,11 +202,15 @@ class HandleBase(Generic[M]):
         """After a failed renewal: the delay before trying again, or None when lost."""
         left = self._lease.valid_until - self._manager.clock()
         if isinstance(error, LockLost) or left <= 0:
-            lost = error if isinstance(error, LockLost) else LockLost(
-                f"lock on {self.resource!r} expired while renewal could not reach a quorum:"
-                f" {error}",
-                resource=self.resource,
-                votes=getattr(error, "votes", ()),
+            lost = (
+                error
+                if isinstance(error, LockLost)
+                else LockLost(
+                    f"lock on {self.resource!r} expired while renewal could not reach a quorum:"
+                    f" {error}",
+                    resource=self.resource,
+                    votes=getattr(error, "votes", ()),
+                )
             )
             self._mark_lost(lost)
             return None

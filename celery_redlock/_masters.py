@@ -100,9 +100,14 @@ def _from_url(url: str) -> tuple[type[Any], dict[str, Any]]:
     return pool.connection_class, dict(pool.connection_kwargs)
 
 
+#: Per-pool machinery a client's settings carry in redis-py 8; our connections make their own.
+_POOL_BOUND = ("maint_notifications_", "orig_", "himport_registry")
+
+
 def _from_client(client: Any) -> tuple[type[Any], dict[str, Any]]:
     pool = client.connection_pool
-    return pool.connection_class, dict(pool.connection_kwargs)
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if not k.startswith(_POOL_BOUND)}
+    return pool.connection_class, kwargs
 
 
 def _from_mapping(options: Mapping[str, Any]) -> tuple[type[Any], dict[str, Any]]:
@@ -122,19 +127,25 @@ def _accepted(connection_class: type[Any]) -> set[str]:
     return names
 
 
-def _our_overrides(connection_class: type[Any]) -> dict[str, Any]:
-    """Settings we impose: one handshake round trip at most, no hidden retries, RESP2."""
+def _apply_overrides(connection_class: type[Any], kwargs: dict[str, Any]) -> None:
+    """Settings we impose: no handshake beyond AUTH/SELECT, no hidden retries, RESP2."""
+    accepted = _accepted(connection_class)
     wanted: dict[str, Any] = {
-        "lib_name": None,
-        "lib_version": None,
         "retry": Retry(redis.backoff.NoBackoff(), 0),
         "retry_on_timeout": False,
         "health_check_interval": 0,
         "protocol": 2,
         "decode_responses": False,
     }
-    accepted = _accepted(connection_class)
-    return {k: v for k, v in wanted.items() if k in accepted}
+    # CLIENT SETINFO costs two round trips per connection: redis-py 8 skips it with
+    # driver_info=None, earlier versions with lib_name/lib_version None.
+    if "driver_info" in accepted:
+        kwargs.pop("lib_name", None)
+        kwargs.pop("lib_version", None)
+        wanted["driver_info"] = None
+    else:
+        wanted["lib_name"] = wanted["lib_version"] = None
+    kwargs.update({k: v for k, v in wanted.items() if k in accepted})
 
 
 def parse_master(master: Any) -> MasterSpec:
@@ -150,7 +161,7 @@ def parse_master(master: Any) -> MasterSpec:
             "a master must be a URL, a dict of redis-py arguments or a redis.Redis client,"
             f" not {type(master).__name__}"
         )
-    kwargs.update(_our_overrides(klass))
+    _apply_overrides(klass, kwargs)
     name, identity = _describe(kwargs, klass)
     return MasterSpec(name, identity, klass, kwargs)
 

@@ -383,8 +383,9 @@ def extend(lease: Lease, ttl: float, policy: Policy, ctx: Context) -> Algorithm:
     :class:`QuorumUnavailable` when too few answered to tell (the old validity stands).
     """
     if ctx.clock() >= lease.valid_until:
-        raise LockLost(f"lock on {lease.resource!r} expired before it was extended",
-                       resource=lease.resource)
+        raise LockLost(
+            f"lock on {lease.resource!r} expired before it was extended", resource=lease.resource
+        )
     start = ctx.clock()
     votes = yield Round(Call(Verb.EXTEND, lease.key, lease.token, ttl_ms(ttl)))
     tally = Tally.of(votes, policy.masters)

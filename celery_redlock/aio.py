@@ -201,8 +201,9 @@ class _Listener:
             self._readers.append(asyncio.ensure_future(self._read(conn, channel, confirmed)))
         # Subscribed means confirmed: only then can no release slip past unheard.
         if ready:
-            await asyncio.wait(ready, timeout=m.settings.master_timeout,
-                               return_when=asyncio.ALL_COMPLETED)
+            await asyncio.wait(
+                ready, timeout=m.settings.master_timeout, return_when=asyncio.ALL_COMPLETED
+            )
 
     async def _read(self, conn: Any, channel: str, confirmed: asyncio.Future[None]) -> None:
         assert self._news is not None
@@ -242,8 +243,9 @@ _Listener.idle = _Listener(None)
 class AsyncLock(HandleBase["AsyncRedlock"]):
     """A held lock, for asyncio: :class:`~celery_redlock.Lock`'s twin with awaitable verbs."""
 
-    def __init__(self, manager: AsyncRedlock, lease: _quorum.Lease,
-                 renewal: Renewal | None) -> None:
+    def __init__(
+        self, manager: AsyncRedlock, lease: _quorum.Lease, renewal: Renewal | None
+    ) -> None:
         super().__init__(manager, lease, renewal)
         self._mutex = asyncio.Lock()
         self._renewer: asyncio.Task[None] | None = None
@@ -260,8 +262,9 @@ class AsyncLock(HandleBase["AsyncRedlock"]):
             _quorum.release(self.key, self.token, self._manager.policy)
         )
         if not released:
-            logger.info("release of %r reached no quorum: %s", self.resource,
-                        "; ".join(map(str, votes)))
+            logger.info(
+                "release of %r reached no quorum: %s", self.resource, "; ".join(map(str, votes))
+            )
         return bool(released)
 
     async def extend(self, ttl: Seconds | None = None) -> float:
@@ -298,7 +301,9 @@ class AsyncLock(HandleBase["AsyncRedlock"]):
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.release()
@@ -339,14 +344,18 @@ class AsyncRedlock(ManagerBase):
 
     @contextlib.asynccontextmanager
     async def lock(
-        self, resource: str, ttl: Seconds, *, blocking: bool = False,
-        timeout: Seconds | None = None, **renewal: Any,
+        self,
+        resource: str,
+        ttl: Seconds,
+        *,
+        blocking: bool = False,
+        timeout: Seconds | None = None,
+        **renewal: Any,
     ) -> AsyncIterator[AsyncLock]:
         """``async with dlm.lock(...) as lock:``; raises :class:`LockNotAcquired` if held."""
         lock = await self.acquire(resource, ttl, blocking=blocking, timeout=timeout, **renewal)
         if lock is None:
-            raise LockNotAcquired(f"{resource!r} is locked by another holder",
-                                  resource=resource)
+            raise LockNotAcquired(f"{resource!r} is locked by another holder", resource=resource)
         async with lock:
             yield lock
 

@@ -21,7 +21,7 @@ __all__ = ["LockSettings"]
 MAX_RESOURCE_LENGTH = 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class LockSettings:
     """Defaults for a :class:`~celery_redlock.Redlock`; per-call arguments override some.
 
@@ -35,28 +35,38 @@ class LockSettings:
     - ``key_prefix`` (``"redlock:"``): prepended to every resource to form its key.
     """
 
-    master_timeout: float = 0.1
-    retry_count: int = 3
-    retry_delay: float = 0.2
-    drift_factor: float = 0.01
-    key_prefix: str = "redlock:"
+    master_timeout: float
+    retry_count: int
+    retry_delay: float
+    drift_factor: float
+    key_prefix: str
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "master_timeout", seconds(self.master_timeout, "master_timeout"))
+    def __init__(
+        self,
+        master_timeout: float | timedelta = 0.1,
+        retry_count: int = 3,
+        retry_delay: float | timedelta = 0.2,
+        drift_factor: float = 0.01,
+        key_prefix: str = "redlock:",
+    ) -> None:
+        if isinstance(retry_count, bool) or not isinstance(retry_count, int):
+            raise ConfigurationError(f"retry_count must be an int, got {retry_count!r}")
+        if not 0 <= retry_count <= 1000:
+            raise ConfigurationError(f"retry_count must be 0 to 1000, got {retry_count}")
+        bad = isinstance(drift_factor, bool) or not isinstance(drift_factor, (int, float))
+        if bad or math.isnan(drift_factor) or not 0 <= drift_factor < 0.5:
+            raise ConfigurationError(
+                f"drift_factor must be a number from 0 to below 0.5, got {drift_factor!r}"
+            )
+        if not isinstance(key_prefix, str):
+            raise ConfigurationError(f"key_prefix must be a string, got {key_prefix!r}")
+        object.__setattr__(self, "master_timeout", seconds(master_timeout, "master_timeout"))
+        object.__setattr__(self, "retry_count", retry_count)
         object.__setattr__(
-            self, "retry_delay", seconds(self.retry_delay, "retry_delay", allow_zero=True)
+            self, "retry_delay", seconds(retry_delay, "retry_delay", allow_zero=True)
         )
-        if isinstance(self.retry_count, bool) or not isinstance(self.retry_count, int):
-            raise ConfigurationError(f"retry_count must be an int, got {self.retry_count!r}")
-        if not 0 <= self.retry_count <= 1000:
-            raise ConfigurationError(f"retry_count must be 0 to 1000, got {self.retry_count}")
-        factor = self.drift_factor
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or math.isnan(factor):
-            raise ConfigurationError(f"drift_factor must be a number, got {factor!r}")
-        if not 0 <= factor < 0.5:
-            raise ConfigurationError(f"drift_factor must be at least 0 and below 0.5, got {factor}")
-        if not isinstance(self.key_prefix, str):
-            raise ConfigurationError(f"key_prefix must be a string, got {self.key_prefix!r}")
+        object.__setattr__(self, "drift_factor", float(drift_factor))
+        object.__setattr__(self, "key_prefix", key_prefix)
 
     def ttl(self, value: float | timedelta) -> float:
         """A TTL in seconds, checked to leave room for a round and the drift allowance."""
@@ -72,9 +82,7 @@ class LockSettings:
     def key(self, resource: Any) -> str:
         """The Redis key for ``resource``, after checking it is usable text."""
         if not isinstance(resource, str):
-            raise ConfigurationError(
-                f"resource must be a string, not {type(resource).__name__}"
-            )
+            raise ConfigurationError(f"resource must be a string, not {type(resource).__name__}")
         if not resource:
             raise ConfigurationError("resource must not be empty")
         if len(resource) > MAX_RESOURCE_LENGTH:

@@ -153,8 +153,10 @@ class _Driver:
         if not rnd.wait:
             for _pos, i in waiting.values():
                 links[i].owed += 1
-            return [v or Vote(m._specs[t].name, Outcome.ERROR, error="not awaited")
-                    for v, t in zip(votes, targets, strict=True)]
+            return [
+                v or Vote(m._specs[t].name, Outcome.ERROR, error="not awaited")
+                for v, t in zip(votes, targets, strict=True)
+            ]
         self._collect(rnd, links, waiting, votes, now + m.settings.master_timeout)
         return [v for v in votes if v is not None]
 
@@ -318,8 +320,9 @@ class Lock(HandleBase["Redlock"]):
             _quorum.release(self.key, self.token, self._manager.policy)
         )
         if not released:
-            logger.info("release of %r reached no quorum: %s", self.resource,
-                        "; ".join(map(str, votes)))
+            logger.info(
+                "release of %r reached no quorum: %s", self.resource, "; ".join(map(str, votes))
+            )
         return bool(released)
 
     def extend(self, ttl: Seconds | None = None) -> float:
@@ -353,7 +356,9 @@ class Lock(HandleBase["Redlock"]):
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.release()
@@ -467,8 +472,13 @@ class Redlock(ManagerBase):
 
     @contextlib.contextmanager
     def lock(
-        self, resource: str, ttl: Seconds, *, blocking: bool = False,
-        timeout: Seconds | None = None, **renewal: Any,
+        self,
+        resource: str,
+        ttl: Seconds,
+        *,
+        blocking: bool = False,
+        timeout: Seconds | None = None,
+        **renewal: Any,
     ) -> Iterator[Lock]:
         """``with dlm.lock(...) as lock:`` runs the block only while holding the lock.
 
@@ -477,8 +487,7 @@ class Redlock(ManagerBase):
         """
         lock = self.acquire(resource, ttl, blocking=blocking, timeout=timeout, **renewal)
         if lock is None:
-            raise LockNotAcquired(f"{resource!r} is locked by another holder",
-                                  resource=resource)
+            raise LockNotAcquired(f"{resource!r} is locked by another holder", resource=resource)
         with lock:
             yield lock
 

@@ -42,8 +42,13 @@ def test_passwords_never_appear_in_errors_names_or_reprs() -> None:
     with pytest.raises(ConfigurationError) as err:
         Redlock([url, "redis://:s3cret@127.0.0.1:1/0"])
     assert "s3cret" not in str(err.value)
-    dlm = Redlock([url, {"host": "127.0.0.1", "port": 2, "password": "s3cret"},
-                   redis.Redis(port=3, password="s3cret")])
+    dlm = Redlock(
+        [
+            url,
+            {"host": "127.0.0.1", "port": 2, "password": "s3cret"},
+            redis.Redis(port=3, password="s3cret"),
+        ]
+    )
     assert "s3cret" not in repr(dlm)
     assert "s3cret" not in " ".join(dlm.masters)
     assert "s3cret" not in repr(parse_masters([url]))
@@ -54,11 +59,13 @@ def test_passwords_never_appear_in_errors_names_or_reprs() -> None:
 
 
 def test_masters_may_be_urls_dicts_or_clients() -> None:
-    dlm = Redlock([
-        "rediss://127.0.0.1:1/0",
-        {"host": "127.0.0.1", "port": 2, "db": 3},
-        redis.Redis(unix_socket_path="/tmp/x.sock"),
-    ])
+    dlm = Redlock(
+        [
+            "rediss://127.0.0.1:1/0",
+            {"host": "127.0.0.1", "port": 2, "db": 3},
+            redis.Redis(unix_socket_path="/tmp/x.sock"),
+        ]
+    )
     assert dlm.masters == (
         "rediss://127.0.0.1:1/0",
         "redis://127.0.0.1:2/3",
@@ -72,9 +79,12 @@ def test_our_timeouts_bound_a_clients_unbounded_ones() -> None:
     kwargs = spec.connect_kwargs(0.1)
     assert kwargs["socket_timeout"] == 0.1
     assert kwargs["socket_connect_timeout"] == 0.1
-    assert parse_masters([redis.Redis(port=1, socket_timeout=0.01)])[0].connect_kwargs(0.1)[
-        "socket_timeout"
-    ] == 0.01
+    assert (
+        parse_masters([redis.Redis(port=1, socket_timeout=0.01)])[0].connect_kwargs(0.1)[
+            "socket_timeout"
+        ]
+        == 0.01
+    )
 
 
 def test_an_even_number_of_masters_is_allowed_with_a_warning(
@@ -106,8 +116,15 @@ def test_bad_options_name_the_setting(options: dict[str, Any], message: str) -> 
 
 @pytest.mark.parametrize(
     ("ttl", "message"),
-    [(0, "ttl"), (-1, "ttl"), (math.nan, "ttl"), (math.inf, "ttl"), ("10", "ttl"),
-     (True, "ttl"), (0.05, "leaves no validity")],
+    [
+        (0, "ttl"),
+        (-1, "ttl"),
+        (math.nan, "ttl"),
+        (math.inf, "ttl"),
+        ("10", "ttl"),
+        (True, "ttl"),
+        (0.05, "leaves no validity"),
+    ],
 )
 def test_bad_ttls_are_refused_before_any_round(ttl: Any, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
@@ -124,8 +141,9 @@ def test_bad_resources_are_refused(resource: Any, message: str) -> None:
 
 
 def test_durations_accept_timedelta() -> None:
-    settings = LockSettings(master_timeout=timedelta(milliseconds=50),
-                            retry_delay=timedelta(seconds=1))
+    settings = LockSettings(
+        master_timeout=timedelta(milliseconds=50), retry_delay=timedelta(seconds=1)
+    )
     assert settings.master_timeout == 0.05
     assert settings.retry_delay == 1.0
     assert settings.ttl(timedelta(seconds=3)) == 3.0

@@ -10,8 +10,16 @@ import celery_redlock
 
 def test_public_names_are_pinned() -> None:
     expected = {
-        "AsyncLock", "AsyncRedlock", "ConfigurationError", "Lock", "LockError", "LockLost",
-        "LockNotAcquired", "LockSettings", "QuorumUnavailable", "Redlock",
+        "AsyncLock",
+        "AsyncRedlock",
+        "ConfigurationError",
+        "Lock",
+        "LockError",
+        "LockLost",
+        "LockNotAcquired",
+        "LockSettings",
+        "QuorumUnavailable",
+        "Redlock",
     }
     assert expected <= set(celery_redlock.__all__)
     assert all(hasattr(celery_redlock, name) for name in celery_redlock.__all__)
@@ -33,7 +41,5 @@ def test_the_core_imports_nothing_from_celery() -> None:
         "import celery_redlock._quorum, celery_redlock.testing\n"
         "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] == 'celery')))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

@@ -33,7 +33,9 @@ def test_validity_counts_from_before_the_round_and_discounts_drift() -> None:
 
 
 @given(
-    yes=st.integers(0, 7), no=st.integers(0, 7), errors=st.integers(0, 7),
+    yes=st.integers(0, 7),
+    no=st.integers(0, 7),
+    errors=st.integers(0, 7),
     pending=st.integers(0, 7),
 )
 def test_decided_never_stops_while_the_verdict_could_change(
@@ -115,8 +117,7 @@ def test_blocking_acquire_listens_then_waits_for_the_holders_expiry() -> None:
     sim = SimCluster(3)
     for m in sim.masters:
         m.keys["k:res"] = ("other", 0.5)
-    lease = sim.run(_quorum.acquire(request(blocking=True, timeout=5), sim.policy(),
-                                    sim.context()))
+    lease = sim.run(_quorum.acquire(request(blocking=True, timeout=5), sim.policy(), sim.context()))
     assert lease is not None
     assert sim.listens == 1
     # It waited about until the holder's keys expired, not a fixed poll interval.
@@ -128,8 +129,9 @@ def test_blocking_acquire_gives_up_at_its_timeout() -> None:
     sim = SimCluster(3)
     for m in sim.masters:
         m.keys["k:res"] = ("other", 100.0)
-    lease = sim.run(_quorum.acquire(request(blocking=True, timeout=2.5), sim.policy(),
-                                    sim.context()))
+    lease = sim.run(
+        _quorum.acquire(request(blocking=True, timeout=2.5), sim.policy(), sim.context())
+    )
     assert lease is None
     assert sim.now == pytest.approx(2.5, abs=0.05)
 

@@ -1,0 +1,163 @@
+"""AsyncRedlock passes the same scenarios as Redlock, against real masters."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+
+from celery_redlock import (
+    AsyncLock,
+    AsyncRedlock,
+    LockLost,
+    LockNotAcquired,
+    QuorumUnavailable,
+    _quorum,
+)
+from celery_redlock._scripts import Outcome
+from celery_redlock.testing import RedisGroup
+
+T = TypeVar("T")
+
+
+def run(main: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(main())  # type: ignore[arg-type]
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not predicate():
+        await asyncio.sleep(0.01)
+    return predicate()
+
+
+def test_acquire_refuse_release(shared5: RedisGroup, resource: str) -> None:
+    async def main() -> None:
+        async with AsyncRedlock(shared5.urls) as dlm:
+            lock = await dlm.acquire(resource, 10)
+            assert lock is not None
+            assert lock.valid
+            assert await dlm.acquire(resource, 10) is None
+            assert await dlm.locked(resource)
+            ran = False
+            with pytest.raises(LockNotAcquired):
+                async with dlm.lock(resource, 10):
+                    ran = True
+            assert not ran
+            assert await lock.release()
+            assert not await dlm.locked(resource)
+            async with dlm.lock(resource, 10) as held:
+                assert held.valid
+            other = await dlm.acquire(resource, 10)
+            assert other is not None
+            assert await dlm.release(resource, "wrong") is False
+            assert await dlm.release(resource, other.token) is True
+
+    run(main)
+
+
+def test_tasks_never_overlap(shared5: RedisGroup, resource: str) -> None:
+    intervals: list[tuple[float, float]] = []
+
+    async def worker(dlm: AsyncRedlock) -> None:
+        for _ in range(25):
+            async with dlm.lock(resource, 5, blocking=True, timeout=30):
+                start = time.monotonic()
+                await asyncio.sleep(0.001)
+                intervals.append((start, time.monotonic()))
+
+    async def main() -> None:
+        async with AsyncRedlock(shared5.urls) as dlm:
+            await asyncio.gather(*(worker(dlm) for _ in range(6)))
+
+    run(main)
+    ordered = sorted(intervals)
+    assert len(ordered) == 150
+    for (_s1, e1), (s2, _e2) in itertools.pairwise(ordered):
+        assert s2 >= e1
+
+
+def test_a_blocked_waiter_wakes_on_the_release_message(
+    shared5: RedisGroup, resource: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_quorum, "FALLBACK_POLL", 60.0)
+
+    async def main() -> float:
+        async with AsyncRedlock(shared5.urls) as dlm:
+            holder = await dlm.acquire(resource, 60)
+            assert holder is not None
+            waiter = asyncio.ensure_future(dlm.acquire(resource, 10, blocking=True, timeout=30))
+            await asyncio.sleep(0.3)
+            released_at = time.monotonic()
+            await holder.release()
+            lock = await waiter
+            assert lock is not None
+            await lock.release()
+            return time.monotonic() - released_at
+
+    assert run(main) < 10  # far before the holder's 60 s TTL: woken by the message
+
+
+def test_extend_and_expiry(shared5: RedisGroup, resource: str) -> None:
+    async def main() -> None:
+        async with AsyncRedlock(shared5.urls) as dlm:
+            lock = await dlm.acquire(resource, 0.3)
+            assert lock is not None
+            assert await lock.extend(5) > 4
+            await lock.release()
+            short = await dlm.acquire(resource, 0.2)
+            assert short is not None
+            assert await until(lambda: not short.valid)
+            with pytest.raises(LockLost):
+                await short.extend()
+
+    run(main)
+
+
+def test_auto_renewal_and_loss(fresh3: RedisGroup) -> None:
+    lost: list[LockLost] = []
+
+    async def main() -> None:
+        async with AsyncRedlock(fresh3.urls) as dlm:
+            lock = await dlm.acquire(
+                "job", 0.6, auto_renew=True, on_lost=lambda _l, err: lost.append(err)
+            )
+            assert lock is not None
+            await asyncio.sleep(1.5)
+            assert lock.valid
+            assert await dlm.acquire("job", 1) is None
+            fresh3[0].kill()
+            fresh3[1].kill()
+            assert await until(lambda: bool(lost))
+            assert not lock.valid
+            await lock.release()
+
+    run(main)
+    assert "job" in str(lost[0])
+
+
+def test_a_hung_minority_and_a_killed_majority(fresh5: RedisGroup) -> None:
+    async def main() -> None:
+        async with AsyncRedlock(fresh5.urls, master_timeout=0.2, retry_count=1) as dlm:
+            warm: AsyncLock | None = await dlm.acquire("r", 10)
+            assert warm is not None
+            await warm.release()
+            fresh5[0].pause()
+            fresh5[1].pause()
+            start = time.monotonic()
+            lock = await dlm.acquire("r", 10)
+            assert lock is not None
+            assert time.monotonic() - start < 2.0
+            await lock.release()
+            fresh5[2].kill()
+            with pytest.raises(QuorumUnavailable) as err:
+                await dlm.acquire("r", 10)
+            assert sum(v.outcome is Outcome.ERROR for v in err.value.votes) >= 3
+            fresh5[0].resume()
+            fresh5[1].resume()
+
+    run(main)
