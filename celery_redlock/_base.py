@@ -96,7 +96,12 @@ class ManagerBase:
     ) -> _quorum.AcquireRequest:
         key = self.settings.key(resource)
         return _quorum.AcquireRequest(
-            resource, key, self.settings.ttl(ttl), bool(blocking), timeout_seconds(timeout)
+            resource,
+            key,
+            self.settings.ttl(ttl),
+            bool(blocking),
+            timeout_seconds(timeout),
+            self.settings.restart_guard,
         )
 
     def _renewal(

@@ -68,6 +68,8 @@ class Vote:
     def __str__(self) -> str:
         if self.outcome is Outcome.ERROR:
             return f"{self.master}: error ({self.error})"
+        if self.outcome is Outcome.ABSTAIN:
+            return f"{self.master}: abstains after a restart ({self.pttl_ms} ms of guard left)"
         if self.outcome is Outcome.NO and self.pttl_ms is not None:
             return f"{self.master}: no (held, {self.pttl_ms} ms left)"
         return f"{self.master}: {self.outcome.value}"
@@ -223,6 +225,7 @@ class AcquireRequest:
     ttl: float
     blocking: bool = False
     timeout: float | None = None
+    restart_guard: float = 0.0
 
 
 def ttl_ms(ttl: float) -> int:
@@ -334,10 +337,11 @@ def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
     deadline = None if req.timeout is None else ctx.clock() + req.timeout
     seen = _Attempts()
     wire_ttl = ttl_ms(req.ttl)
+    guard = ttl_ms(req.restart_guard) if req.restart_guard > 0 else 0
     while True:
         token = ctx.new_token()
         start = ctx.clock()
-        votes = yield Round(Call(Verb.ACQUIRE, req.key, token, wire_ttl))
+        votes = yield Round(Call(Verb.ACQUIRE, req.key, token, wire_ttl, guard))
         until = valid_until(start, req.ttl, policy.drift_factor)
         tally = Tally.of(votes, policy.masters)
         verdict = tally.verdict(in_time=ctx.clock() < until)
@@ -370,7 +374,7 @@ def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
 def _undo(key: str, token: str, votes: Sequence[Vote]) -> Algorithm:
     """Release a lost round wherever our token may have landed (a yes, or no answer),
     without waiting: the keys expire anyway, and waiting would slow every refusal."""
-    maybe = tuple(i for i, v in enumerate(votes) if v.outcome is not Outcome.NO)
+    maybe = tuple(i for i, v in enumerate(votes) if v.outcome not in (Outcome.NO, Outcome.ABSTAIN))
     if maybe:
         yield Round(Call(Verb.RELEASE, key, token), wait=False, targets=maybe)
 

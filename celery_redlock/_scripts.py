@@ -20,6 +20,7 @@ class Outcome(Enum):
 
     YES = "yes"  # the master did what we asked (set, extended, released, holds)
     NO = "no"  # the master refused: another token holds the key, or ours is gone
+    ABSTAIN = "abstain"  # restarted empty, sitting out its restart guard: counts as no answer
     ERROR = "error"  # no usable answer: refused connection, timeout, error reply
 
 
@@ -43,13 +44,37 @@ class Script:
         return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
 
-# KEYS[1] lock key; ARGV[1] token; ARGV[2] ttl in ms.
+#: Where each master records when it started serving locks (its own clock, in ms). It is
+#: the same for every key prefix: a restart loses every client's keys alike.
+BOOT_KEY = "__celery_redlock_boot__"
+
+# KEYS[1] lock key; KEYS[2] boot marker; ARGV[1] token; ARGV[2] ttl in ms;
+# ARGV[3] restart guard in ms (0: off).
 # Returns {1, 0} when the key is now ours (newly set, or already ours and re-armed: an
-# earlier attempt with the same token whose reply was lost), else {0, pttl} with the
-# current holder's remaining milliseconds so that waiters can sleep until it expires.
+# earlier attempt with the same token whose reply was lost); {0, pttl} with the current
+# holder's remaining milliseconds, so that waiters can sleep until it expires; or {2, ms}
+# while the master abstains. A master without a boot marker has lost its data (restart
+# without persistence, FLUSHALL, a fresh replacement): it may have held keys that other
+# clients still count on, so it grants nothing until the guard (at least the longest TTL
+# any client uses) has passed since it noticed. Each client applies its own guard to the
+# shared boot time, so clients with different guards stay safe together.
 ACQUIRE = Script(
     "acquire",
     """
+local guard = tonumber(ARGV[3])
+if guard > 0 then
+    if redis.replicate_commands then redis.replicate_commands() end
+    local t = redis.call('TIME')
+    local now = t[1] * 1000 + math.floor(t[2] / 1000)
+    local boot = tonumber(redis.call('GET', KEYS[2]))
+    if not boot then
+        boot = now
+        redis.call('SET', KEYS[2], string.format('%.0f', now))
+    end
+    if now < boot + guard then
+        return {2, boot + guard - now}
+    end
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
     return {1, 0}
 end
@@ -110,34 +135,38 @@ class Call:
     key: str
     token: str = ""
     ttl_ms: int = 0
+    guard_ms: int = 0
 
     def command(self) -> tuple[Any, ...]:
         """The command as sent in the common case (EVALSHA, or PTTL for inspection)."""
         if self.verb is Verb.INSPECT:
             return ("PTTL", self.key)
-        script = _SCRIPTS[self.verb]
-        return ("EVALSHA", script.sha, 1, self.key, *self._argv())
+        return ("EVALSHA", _SCRIPTS[self.verb].sha, *self._keys_and_argv())
 
     def fallback(self) -> tuple[Any, ...]:
         """The same call with the script's source, for a master that answered NOSCRIPT."""
-        script = _SCRIPTS[self.verb]
-        return ("EVAL", script.source, 1, self.key, *self._argv())
+        return ("EVAL", _SCRIPTS[self.verb].source, *self._keys_and_argv())
 
-    def _argv(self) -> tuple[Any, ...]:
+    def _keys_and_argv(self) -> tuple[Any, ...]:
+        if self.verb is Verb.ACQUIRE:
+            return (2, self.key, BOOT_KEY, self.token, self.ttl_ms, self.guard_ms)
         if self.verb is Verb.RELEASE:
-            return (self.token,)
-        return (self.token, self.ttl_ms)
+            return (1, self.key, self.token)
+        return (1, self.key, self.token, self.ttl_ms)
 
     def parse(self, reply: Any) -> Reply:
         """Turn a master's raw reply into a :class:`Reply`."""
         if self.verb is Verb.ACQUIRE:
             won, pttl = reply
-            return Reply(Outcome.YES) if won == 1 else Reply(Outcome.NO, int(pttl))
+            return Reply(_ACQUIRE_OUTCOMES[won], int(pttl) if won != 1 else None)
         if self.verb is Verb.INSPECT:
             # PTTL: -2 no key, -1 key without expiry (not ours, but it does block), else ms.
             held = int(reply) != -2
             return Reply(Outcome.YES if held else Outcome.NO, int(reply) if held else None)
         return Reply(Outcome.YES if int(reply) == 1 else Outcome.NO)
+
+
+_ACQUIRE_OUTCOMES = {1: Outcome.YES, 0: Outcome.NO, 2: Outcome.ABSTAIN}
 
 
 def is_noscript(error: BaseException) -> bool:

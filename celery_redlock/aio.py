@@ -41,6 +41,9 @@ __all__ = ["AsyncLock", "AsyncRedlock"]
 
 _IO_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError, asyncio.TimeoutError)
 
+#: Marks a connection that has answered before (see ``_call_once_more_if_stale``).
+_PROVEN = "_celery_redlock_proven"
+
 _ASYNC_CLASSES = {
     "Connection": aconn.Connection,
     "SSLConnection": aconn.SSLConnection,
@@ -137,7 +140,7 @@ class _Driver:
         name = m._specs[i].name
         conn = self._idle[i].pop() if self._idle[i] else self._factories[i]()
         try:
-            reply = await asyncio.wait_for(self._call(conn, call), deadline - m.clock())
+            reply = await self._call_once_more_if_stale(conn, call, deadline)
         except ResponseError as exc:
             self._idle[i].append(conn)
             return Vote(name, Outcome.ERROR, error=f"{type(exc).__name__}: {exc}")
@@ -153,6 +156,21 @@ class _Driver:
         m._health[i].succeeded()
         parsed = call.parse(reply)
         return Vote(name, parsed.outcome, parsed.pttl_ms)
+
+    async def _call_once_more_if_stale(self, conn: Any, call: Call, deadline: float) -> Any:
+        """A connection that answered before may have outlived its master's restart: one
+        failure on it earns one retry on a new connection (every call is repeatable)."""
+        proven = getattr(conn, _PROVEN, False)
+        try:
+            reply = await asyncio.wait_for(self._call(conn, call), deadline - self._m.clock())
+        except (redis.ConnectionError, OSError):
+            if not proven:
+                raise
+            await conn.disconnect()
+            setattr(conn, _PROVEN, False)
+            reply = await asyncio.wait_for(self._call(conn, call), deadline - self._m.clock())
+        setattr(conn, _PROVEN, True)
+        return reply
 
     @staticmethod
     async def _call(conn: Any, call: Call) -> Any:

@@ -33,6 +33,10 @@ class LockSettings:
     - ``drift_factor`` (0.01): share of the TTL discounted for clock drift between us and
       the masters (plus 2 ms for Redis's expiry precision), as in the reference.
     - ``key_prefix`` (``"redlock:"``): prepended to every resource to form its key.
+    - ``restart_guard`` (60 s): how long a master that lost its data (restart without
+      persistence, FLUSHALL, a fresh replacement) sits out every quorum. It must cover
+      the longest TTL any client uses, so TTLs above it are refused; 0 turns it off
+      (then operators must delay restarts by the longest TTL themselves).
     """
 
     master_timeout: float
@@ -40,14 +44,17 @@ class LockSettings:
     retry_delay: float
     drift_factor: float
     key_prefix: str
+    restart_guard: float
 
     def __init__(
         self,
+        *,
         master_timeout: float | timedelta = 0.1,
         retry_count: int = 3,
         retry_delay: float | timedelta = 0.2,
         drift_factor: float = 0.01,
         key_prefix: str = "redlock:",
+        restart_guard: float | timedelta = 60.0,
     ) -> None:
         if isinstance(retry_count, bool) or not isinstance(retry_count, int):
             raise ConfigurationError(f"retry_count must be an int, got {retry_count!r}")
@@ -67,6 +74,8 @@ class LockSettings:
         )
         object.__setattr__(self, "drift_factor", float(drift_factor))
         object.__setattr__(self, "key_prefix", key_prefix)
+        guard = seconds(restart_guard, "restart_guard", allow_zero=True)
+        object.__setattr__(self, "restart_guard", guard)
 
     def ttl(self, value: float | timedelta) -> float:
         """A TTL in seconds, checked to leave room for a round and the drift allowance."""
@@ -76,6 +85,12 @@ class LockSettings:
             raise ConfigurationError(
                 f"ttl {ttl} s leaves no validity: it must exceed master_timeout"
                 f" ({self.master_timeout} s) plus the drift allowance"
+            )
+        if self.restart_guard and ttl > self.restart_guard:
+            raise ConfigurationError(
+                f"ttl {ttl} s exceeds restart_guard ({self.restart_guard} s): a master that"
+                " restarted empty could rejoin while this lock is still held elsewhere;"
+                " use auto_renew with a shorter ttl, or raise restart_guard"
             )
         return ttl
 

@@ -64,17 +64,28 @@ class _Link:
     """One connection to one master, used by one thread; ``owed`` counts replies still due
     for commands whose round settled without them."""
 
-    __slots__ = ("__weakref__", "conn", "owed")
+    __slots__ = ("__weakref__", "conn", "owed", "proven")
 
     def __init__(self, spec: MasterSpec, timeout: float) -> None:
         self.conn: Any = spec.connection_class(**spec.connect_kwargs(timeout))
         self.owed = 0
+        self.proven = False  # answered before: a failure may just mean the master restarted
 
     def send(self, command: Sequence[Any]) -> None:
-        self.conn.send_packed_command(self.conn.pack_command(*command), check_health=False)
+        """Send, reconnecting once if a connection that worked before turns out dead (its
+        master restarted since); every call we make is safe to repeat."""
+        packed = self.conn.pack_command(*command)
+        try:
+            self.conn.send_packed_command(packed, check_health=False)
+        except _IO_ERRORS:
+            if not self.proven:
+                raise
+            self.reset()
+            self.conn.send_packed_command(packed, check_health=False)
 
-    def fileno(self) -> int:
-        return int(self.conn._sock.fileno())
+    def fileno(self) -> int | None:
+        sock = self.conn._sock
+        return None if sock is None else int(sock.fileno())
 
     def ready(self) -> bool:
         """Whether a reply is already buffered (poll would not report it)."""
@@ -86,6 +97,7 @@ class _Link:
     def reset(self) -> None:
         self.conn.disconnect()
         self.owed = 0
+        self.proven = False
 
 
 class _Driver:
@@ -147,9 +159,12 @@ class _Driver:
                 continue
             try:
                 links[i].send(command)
-                waiting[links[i].fileno()] = (pos, i)
             except _IO_ERRORS as exc:
                 votes[pos] = self._failed(i, links[i], exc)
+                continue
+            fd = links[i].fileno()
+            assert fd is not None  # a send that returned has a socket
+            waiting[fd] = (pos, i)
         if not rnd.wait:
             for _pos, i in waiting.values():
                 links[i].owed += 1
@@ -182,6 +197,12 @@ class _Driver:
                 pos, i = waiting[fd]
                 vote = self._read(i, links[i], rnd.call)
                 if vote is None:
+                    moved = links[i].fileno()
+                    if moved is not None and moved != fd:  # reconnected: follow the new socket
+                        poller.unregister(fd)
+                        del waiting[fd]
+                        poller.register(moved, select.POLLIN)
+                        waiting[moved] = (pos, i)
                     continue
                 votes[pos] = vote
                 count.add(vote)
@@ -200,7 +221,6 @@ class _Driver:
 
     def _read(self, i: int, link: _Link, call: Call) -> Vote | None:
         """Read what master ``i`` sent; a Vote, or None while its reply is still to come."""
-        name = self._m._specs[i].name
         try:
             while link.owed:
                 with contextlib.suppress(ResponseError):
@@ -210,21 +230,35 @@ class _Driver:
                     return None
             reply = link.conn.read_response()
         except ResponseError as exc:
-            if is_noscript(exc):
-                link.send(call.fallback())
-                return None
-            return Vote(name, Outcome.ERROR, error=f"{type(exc).__name__}: {exc}")
+            if not is_noscript(exc):
+                return Vote(self._m._specs[i].name, Outcome.ERROR, error=_describe(exc))
+            return self._resend(i, link, call.fallback())
         except _IO_ERRORS as exc:
-            return self._failed(i, link, exc)
+            if not link.proven or link.owed:
+                return self._failed(i, link, exc)
+            link.reset()  # the master restarted since our last use: ask once more
+            return self._resend(i, link, call.command())
+        link.proven = True
         self._m._health[i].succeeded()
         parsed = call.parse(reply)
-        return Vote(name, parsed.outcome, parsed.pttl_ms)
+        return Vote(self._m._specs[i].name, parsed.outcome, parsed.pttl_ms)
+
+    def _resend(self, i: int, link: _Link, command: Sequence[Any]) -> Vote | None:
+        try:
+            link.send(command)
+        except _IO_ERRORS as exc:
+            return self._failed(i, link, exc)
+        return None
 
     def _failed(self, i: int, link: _Link, exc: BaseException) -> Vote:
         link.reset()
-        error = f"{type(exc).__name__}: {exc}"
+        error = _describe(exc)
         self._m._health[i].failed(self._m.clock(), error)
         return Vote(self._m._specs[i].name, Outcome.ERROR, error=error)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 class _Listener:

@@ -161,3 +161,17 @@ def test_a_hung_minority_and_a_killed_majority(fresh5: RedisGroup) -> None:
             fresh5[1].resume()
 
     run(main)
+
+
+def test_connections_outlive_a_master_restart() -> None:
+    async def main() -> None:
+        with RedisGroup(3, appendonly=True) as group:
+            async with AsyncRedlock(group.urls, retry_count=0) as dlm:
+                held = await dlm.acquire("job", 30)
+                assert held is not None
+                for server in group:
+                    server.restart()  # our pooled connections are now dead
+                assert await dlm.acquire("job", 30) is None  # held, not an outage
+                assert await held.release()
+
+    run(main)

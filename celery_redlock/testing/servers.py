@@ -34,6 +34,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from celery_redlock._scripts import BOOT_KEY
+
 #: Environment variable naming the ``redis-server`` binary to use instead of the bundled one.
 BINARY_ENV = "CELERY_REDLOCK_REDIS_SERVER"
 HOST = "127.0.0.1"
@@ -42,7 +44,7 @@ _RESERVED_PORT = 6379
 _STARTUP_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
 _BIND_RETRIES = 5
-_POLL_INTERVAL = 0.001  # a server is up in ~8 ms; polling coarser than that wastes the wait
+_POLL_INTERVAL = 0.001  # a server is up in ~5 ms; polling coarser than that wastes the wait
 _LOG_TAIL_LINES = 20
 _PID_RE = re.compile(rb"^process_id:(\d+)", re.MULTILINE)
 
@@ -106,8 +108,10 @@ class RedisServer:
         extra_args: Sequence[str] = (),
         binary: str | None = None,
         startup_timeout: float = _STARTUP_TIMEOUT,
+        armed: bool = True,
     ) -> None:
         self.password = password
+        self.armed = armed
         self.appendonly = appendonly
         self.extra_args = tuple(extra_args)
         self.binary = binary or redis_server_binary()
@@ -294,7 +298,16 @@ class RedisServer:
             if time.monotonic() > deadline:
                 raise RedisServerError(self._failure(f"no PONG within {self.startup_timeout}s"))
             time.sleep(_POLL_INTERVAL)
+        if not self._pinned and self.armed:
+            self._arm()
         self._pinned = True
+
+    def _arm(self) -> None:
+        """Declare the brand-new server as never having served locks (what an operator does
+        for new masters), so that the restart guard applies to its restarts, not its birth."""
+        replies = self._exchange([("SET", BOOT_KEY, "0", "NX")], timeout=1.0)
+        if replies is None:
+            raise RedisServerError(self._failure("could not write the boot marker"))
 
     def _answers_ping(self) -> bool:
         """PONG from *our* process: a PONG from a server that won the port race doesn't count."""
@@ -306,8 +319,7 @@ class RedisServer:
 
     def _send_shutdown(self) -> bool:
         """True if the server took SHUTDOWN: it hangs up instead of replying."""
-        replies = self._exchange([("PING",), ("SHUTDOWN",)], timeout=0.5)
-        return replies is not None and replies == [b"+PONG", b""]
+        return self._exchange([("PING",), ("SHUTDOWN",)], timeout=0.5) == [b"+PONG", b""]
 
     def _exchange(self, commands: list[tuple[str, ...]], timeout: float) -> list[bytes] | None:
         """Replies to ``commands`` on a fresh connection (b"" once the server hung up), or None.
@@ -382,8 +394,11 @@ def _wait_until_stopped(proc: subprocess.Popen[bytes]) -> None:
 
 
 class RedisGroup:
-    """N independent masters: all spawned, then all awaited (startup costs about one server's
-    time, not N), and all closed on exit even if starting one of them failed."""
+    """N independent masters, started together and always closed together.
+
+    All are spawned before any is awaited, so starting five costs little more than starting
+    one; if any fails to start, all are closed before the error propagates.
+    """
 
     def __init__(
         self,
