@@ -92,9 +92,20 @@ class ManagerBase:
         return self._ctx.clock()
 
     def _request(
-        self, resource: str, ttl: Seconds, blocking: bool, timeout: Seconds | None
+        self,
+        resource: str,
+        ttl: Seconds,
+        blocking: bool,
+        timeout: Seconds | None,
+        owner: str | None = None,
     ) -> _quorum.AcquireRequest:
         key = self.settings.key(resource)
+        if owner is not None and (
+            not isinstance(owner, str) or len(owner) > 200 or not owner.isprintable()
+        ):
+            raise ConfigurationError(
+                f"owner must be printable text of at most 200 characters, not {owner!r}"
+            )
         return _quorum.AcquireRequest(
             resource,
             key,
@@ -102,6 +113,7 @@ class ManagerBase:
             bool(blocking),
             timeout_seconds(timeout),
             self.settings.restart_guard,
+            owner or "",
         )
 
     def _renewal(
@@ -152,6 +164,11 @@ class HandleBase(Generic[M]):
     def token(self) -> str:
         """The holder's secret: with the resource, enough to release from another process."""
         return self._lease.token
+
+    @property
+    def owner(self) -> str:
+        """The ``owner`` text given at acquisition (after the token's random part), or ""."""
+        return self._lease.token.partition(":")[2]
 
     @property
     def validity(self) -> float:

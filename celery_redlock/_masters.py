@@ -106,8 +106,7 @@ _POOL_BOUND = ("maint_notifications_", "orig_", "himport_registry")
 
 def _from_client(client: Any) -> tuple[type[Any], dict[str, Any]]:
     pool = client.connection_pool
-    kwargs = {k: v for k, v in pool.connection_kwargs.items() if not k.startswith(_POOL_BOUND)}
-    return pool.connection_class, kwargs
+    return pool.connection_class, dict(pool.connection_kwargs)
 
 
 def _from_mapping(options: Mapping[str, Any]) -> tuple[type[Any], dict[str, Any]]:
@@ -161,6 +160,7 @@ def parse_master(master: Any) -> MasterSpec:
             "a master must be a URL, a dict of redis-py arguments or a redis.Redis client,"
             f" not {type(master).__name__}"
         )
+    kwargs = {k: v for k, v in kwargs.items() if not k.startswith(_POOL_BOUND)}
     _apply_overrides(klass, kwargs)
     name, identity = _describe(kwargs, klass)
     return MasterSpec(name, identity, klass, kwargs)

@@ -226,6 +226,7 @@ class AcquireRequest:
     blocking: bool = False
     timeout: float | None = None
     restart_guard: float = 0.0
+    owner: str = ""  # appended to the random token, for operators listing who holds what
 
 
 def ttl_ms(ttl: float) -> int:
@@ -339,7 +340,7 @@ def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
     wire_ttl = ttl_ms(req.ttl)
     guard = ttl_ms(req.restart_guard) if req.restart_guard > 0 else 0
     while True:
-        token = ctx.new_token()
+        token = f"{ctx.new_token()}:{req.owner}" if req.owner else ctx.new_token()
         start = ctx.clock()
         votes = yield Round(Call(Verb.ACQUIRE, req.key, token, wire_ttl, guard))
         until = valid_until(start, req.ttl, policy.drift_factor)

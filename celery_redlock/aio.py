@@ -347,10 +347,11 @@ class AsyncRedlock(ManagerBase):
         auto_renew: bool = False,
         renew_every: Seconds | None = None,
         max_hold: Seconds | None = None,
+        owner: str | None = None,
         on_lost: Callable[[AsyncLock, LockLost], None] | None = None,
     ) -> AsyncLock | None:
         """Lock ``resource`` for ``ttl`` seconds; see :meth:`Redlock.acquire`."""
-        req = self._request(resource, ttl, blocking, timeout)
+        req = self._request(resource, ttl, blocking, timeout, owner)
         renewal = self._renewal(req.ttl, auto_renew, renew_every, max_hold, on_lost)
         lease = await self._driver.run(_quorum.acquire(req, self.policy, self._ctx))
         if lease is None:

@@ -480,6 +480,7 @@ class Redlock(ManagerBase):
         auto_renew: bool = False,
         renew_every: Seconds | None = None,
         max_hold: Seconds | None = None,
+        owner: str | None = None,
         on_lost: Callable[[Lock, LockLost], None] | None = None,
     ) -> Lock | None:
         """Lock ``resource`` for ``ttl`` seconds; the handle, or None if others hold it.
@@ -490,11 +491,13 @@ class Redlock(ManagerBase):
         seconds (None: no limit). ``auto_renew=True`` keeps the lock alive every
         ``renew_every`` seconds (default ttl/3) until released or ``max_hold`` seconds;
         if it cannot, the handle turns invalid and ``on_lost(lock, error)`` is called.
+        ``owner`` (e.g. ``"task-id@host"``) is stored after the token's random part, so
+        that operators listing locks can see who holds what.
 
         Raises :class:`QuorumUnavailable` when too few masters answer, and
         :class:`ConfigurationError` for bad arguments.
         """
-        req = self._request(resource, ttl, blocking, timeout)
+        req = self._request(resource, ttl, blocking, timeout, owner)
         renewal = self._renewal(req.ttl, auto_renew, renew_every, max_hold, on_lost)
         lease = self._driver.run(_quorum.acquire(req, self.policy, self._ctx))
         if lease is None:
