@@ -61,20 +61,27 @@ os.register_at_fork(after_in_child=_after_fork)
 
 
 class _Link:
-    """One connection to one master, used by one thread; ``owed`` counts replies still due
-    for commands whose round settled without them."""
+    """One connection to one master, used by one thread.
 
-    __slots__ = ("__weakref__", "conn", "owed", "proven")
+    ``owed`` counts replies still due for commands whose round settled without them, and
+    ``owed_since`` is when the oldest of them was sent: a master that owes a reply for
+    longer than the per-master timeout is hung, even if every round settled without it.
+    """
+
+    __slots__ = ("__weakref__", "conn", "owed", "owed_since", "proven")
 
     def __init__(self, spec: MasterSpec, timeout: float) -> None:
         self.conn: Any = spec.connection_class(**spec.connect_kwargs(timeout))
         self.owed = 0
+        self.owed_since = 0.0
         self.proven = False  # answered before: a failure may just mean the master restarted
 
-    def send(self, command: Sequence[Any]) -> None:
+    def pack(self, command: Sequence[Any]) -> Any:
+        return self.conn.pack_command(*command)
+
+    def send(self, packed: Any) -> None:
         """Send, reconnecting once if a connection that worked before turns out dead (its
         master restarted since); every call we make is safe to repeat."""
-        packed = self.conn.pack_command(*command)
         try:
             self.conn.send_packed_command(packed, check_health=False)
         except _IO_ERRORS:
@@ -82,6 +89,21 @@ class _Link:
                 raise
             self.reset()
             self.conn.send_packed_command(packed, check_health=False)
+
+    def owe(self, now: float) -> None:
+        if not self.owed:
+            self.owed_since = now
+        self.owed += 1
+
+    def overdue(self, now: float, timeout: float) -> bool:
+        """Whether replies owed for longer than ``timeout`` are still missing (the ones
+        that did arrive are read and dropped first)."""
+        while self.owed and self.ready():
+            with contextlib.suppress(ResponseError):
+                self.conn.read_response()
+            self.owed -= 1
+            self.owed_since = now  # what is still owed was sent no earlier than this
+        return bool(self.owed) and now - self.owed_since > timeout
 
     def fileno(self) -> int | None:
         sock = self.conn._sock
@@ -146,34 +168,56 @@ class _Driver:
 
     def round(self, rnd: Round) -> list[Vote]:
         m = self._m
+        timeout = m.settings.master_timeout
         targets = rnd.targets if rnd.targets is not None else range(len(m._specs))
         links = self.links()
         now = m.clock()
         votes: list[Vote | None] = [None] * len(targets)
         waiting: dict[int, tuple[int, int]] = {}  # fd -> (position in votes, master)
-        command = rnd.call.command()
+        packed = links[0].pack(rnd.call.command())  # the same bytes for every master
         for pos, i in enumerate(targets):
-            skip = m._health[i].skip_reason(now)
-            if skip is not None:
-                votes[pos] = Vote(m._specs[i].name, Outcome.ERROR, error=skip)
-                continue
-            try:
-                links[i].send(command)
-            except _IO_ERRORS as exc:
-                votes[pos] = self._failed(i, links[i], exc)
+            vote = self._unusable(i, links[i], now, timeout, rnd.wait)
+            if vote is None:
+                try:
+                    links[i].send(packed)
+                except _IO_ERRORS as exc:
+                    vote = self._failed(i, links[i], exc)
+            if vote is not None:
+                votes[pos] = vote
                 continue
             fd = links[i].fileno()
             assert fd is not None  # a send that returned has a socket
             waiting[fd] = (pos, i)
         if not rnd.wait:
             for _pos, i in waiting.values():
-                links[i].owed += 1
+                links[i].owe(now)
             return [
                 v or Vote(m._specs[t].name, Outcome.ERROR, error="not awaited")
                 for v, t in zip(votes, targets, strict=True)
             ]
-        self._collect(rnd, links, waiting, votes, now + m.settings.master_timeout)
+        # The deadline runs from the end of the sends: a slow send must not use up the
+        # time in which the other masters' replies are read.
+        self._collect(rnd, links, waiting, votes, m.clock() + timeout)
         return [v for v in votes if v is not None]
+
+    def _unusable(
+        self, i: int, link: _Link, now: float, timeout: float, waited: bool
+    ) -> Vote | None:
+        """Why master ``i`` gets no command this round (an ERROR vote), or None to send.
+
+        A master in its cool-down is skipped, except by clean-ups (not waited for): those
+        should reach a master whose only fault was missing the last round's deadline.
+        A master that still owes a reply older than the timeout is hung: it is failed now,
+        before our commands can pile up in its socket buffers.
+        """
+        try:
+            hung = link.overdue(now, timeout)
+        except _IO_ERRORS as exc:
+            return self._failed(i, link, exc)
+        if hung:
+            return self._failed(i, link, redis.TimeoutError("replies overdue: the master hangs"))
+        skip = self._m._health[i].skip_reason(now) if waited else None
+        return None if skip is None else Vote(self._m._specs[i].name, Outcome.ERROR, error=skip)
 
     def _collect(
         self,
@@ -191,9 +235,12 @@ class _Driver:
             poller.register(fd, select.POLLIN)
         while not count.decided(len(waiting)):
             remaining = deadline - m.clock()
-            if remaining <= 0:
+            # Past the deadline, one last look without waiting: a reply that is already
+            # here is an answer, not a timeout.
+            events = poller.poll(max(0, math.ceil(remaining * 1000)))
+            if not events and remaining <= 0:
                 break
-            for fd, _event in poller.poll(math.ceil(remaining * 1000)):
+            for fd, _event in events:
                 pos, i = waiting[fd]
                 vote = self._read(i, links[i], rnd.call)
                 if vote is None:
@@ -208,7 +255,8 @@ class _Driver:
                 count.add(vote)
                 del waiting[fd]
                 poller.unregister(fd)
-        expired = m.clock() >= deadline
+        now = m.clock()
+        expired = now >= deadline
         for pos, i in waiting.values():
             if expired:
                 exc = redis.TimeoutError(
@@ -216,7 +264,7 @@ class _Driver:
                 )
                 votes[pos] = self._failed(i, links[i], exc)
             else:
-                links[i].owed += 1
+                links[i].owe(now)
                 votes[pos] = Vote(m._specs[i].name, Outcome.ERROR, error="settled without it")
 
     def _read(self, i: int, link: _Link, call: Call) -> Vote | None:
@@ -245,7 +293,7 @@ class _Driver:
 
     def _resend(self, i: int, link: _Link, command: Sequence[Any]) -> Vote | None:
         try:
-            link.send(command)
+            link.send(link.pack(command))
         except _IO_ERRORS as exc:
             return self._failed(i, link, exc)
         return None

@@ -459,3 +459,27 @@ def test_a_forked_child_uses_its_own_connections(dlm: Redlock, resource: str) ->
     assert os.waitstatus_to_exitcode(status) == 0
     assert lock.extend(10) > 9  # the parent's connections survived the child
     assert lock.release()
+
+
+def test_a_hung_master_is_detected_even_when_every_round_settles_without_it(
+    fresh5: RedisGroup,
+) -> None:
+    """Rounds that reach a quorum without the hung master must still notice it hangs,
+    before our commands fill its socket buffers and stall a send (found by the benchmark)."""
+    with Redlock(fresh5.urls, master_timeout=0.05) as dlm:
+        warm = dlm.acquire("r", 10)
+        assert warm is not None
+        warm.release()
+        fresh5[0].pause()
+        votes_on_hung: list[str] = []
+        deadline = time.monotonic() + 1.5
+        pairs = 0
+        while time.monotonic() < deadline:
+            lock = dlm.acquire("r", 10)
+            assert lock is not None, "an uncontended acquire failed"
+            votes_on_hung.append(str(lock.votes[0]))
+            assert lock.release()
+            pairs += 1
+        fresh5[0].resume()
+    assert pairs > 10
+    assert any("hangs" in v or "skipped" in v for v in votes_on_hung), votes_on_hung[-3:]
