@@ -76,19 +76,43 @@ class _Link:
         self.owed_since = 0.0
         self.proven = False  # answered before: a failure may just mean the master restarted
 
-    def pack(self, command: Sequence[Any]) -> Any:
-        return self.conn.pack_command(*command)
+    def pack(self, command: Sequence[Any]) -> bytes:
+        return b"".join(self.conn.pack_command(*command))
 
-    def send(self, packed: Any) -> None:
+    def send(self, data: bytes) -> None:
         """Send, reconnecting once if a connection that worked before turns out dead (its
         master restarted since); every call we make is safe to repeat."""
         try:
-            self.conn.send_packed_command(packed, check_health=False)
+            self._send(data)
         except _IO_ERRORS:
             if not self.proven:
                 raise
             self.reset()
-            self.conn.send_packed_command(packed, check_health=False)
+            self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        # Straight to the socket: redis-py's send path re-checks health and loops over
+        # chunks, which at five masters and two rounds per lock is time we can keep.
+        if self.conn._sock is None:
+            self.conn.connect()
+        try:
+            self.conn._sock.sendall(data)
+        except OSError as exc:
+            self.conn.disconnect()
+            raise redis.ConnectionError(f"error while writing: {exc}") from exc
+
+    def read(self) -> Any:
+        """One reply from the parser; an error reply is raised as its ResponseError."""
+        try:
+            reply = self.conn._parser.read_response(disable_decoding=False)
+        except (OSError, redis.ConnectionError, redis.TimeoutError) as exc:
+            self.conn.disconnect()
+            if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+                raise
+            raise redis.ConnectionError(f"error while reading: {exc}") from exc
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
 
     def owe(self, now: float) -> None:
         if not self.owed:
@@ -98,9 +122,11 @@ class _Link:
     def overdue(self, now: float, timeout: float) -> bool:
         """Whether replies owed for longer than ``timeout`` are still missing (the ones
         that did arrive are read and dropped first)."""
+        if not self.owed or now - self.owed_since <= timeout:
+            return False  # nothing owed, or not for long: the next read drains it in order
         while self.owed and self.ready():
             with contextlib.suppress(ResponseError):
-                self.conn.read_response()
+                self.read()
             self.owed -= 1
             self.owed_since = now  # what is still owed was sent no earlier than this
         return bool(self.owed) and now - self.owed_since > timeout
@@ -233,10 +259,12 @@ class _Driver:
         poller = select.poll()
         for fd in waiting:
             poller.register(fd, select.POLLIN)
-        while not count.decided(len(waiting)):
+        while waiting:
             remaining = deadline - m.clock()
-            # Past the deadline, one last look without waiting: a reply that is already
-            # here is an answer, not a timeout.
+            if count.decided(len(waiting)):
+                remaining = 0  # settled: only pick up replies that are already here
+            # Past the deadline (or once settled), one last look without waiting: a reply
+            # already here is an answer, and reading it now spares the next round.
             events = poller.poll(max(0, math.ceil(remaining * 1000)))
             if not events and remaining <= 0:
                 break
@@ -272,11 +300,11 @@ class _Driver:
         try:
             while link.owed:
                 with contextlib.suppress(ResponseError):
-                    link.conn.read_response()
+                    link.read()
                 link.owed -= 1
                 if not link.ready():
                     return None
-            reply = link.conn.read_response()
+            reply = link.read()
         except ResponseError as exc:
             if not is_noscript(exc):
                 return Vote(self._m._specs[i].name, Outcome.ERROR, error=_describe(exc))
