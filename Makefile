@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: test lint typecheck unit demo bench chaos clean
+.PHONY: test lint typecheck unit demo bench chaos soak clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,15 @@ $(BENCH_VENV)/.installed: pyproject.toml
 
 bench: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python -m benchmarks.bench_lock
+
+## make chaos: real masters under injected faults for DURATION seconds (default 120)
+DURATION ?= 120
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos --duration $(DURATION)
+
+## make soak: the deterministic simulator's long mode
+soak: $(STAMP)
+	$(BIN)/python -m tests.simulation --soak
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

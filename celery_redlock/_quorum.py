@@ -117,7 +117,8 @@ class Round:
     """Send ``call`` to ``targets`` (indices; None means every master) at once and return
     their votes in target order, stopping early once :func:`decided` says the rest cannot
     change the outcome; replies not in by then are ERROR votes. ``wait=False`` sends
-    without reading anything (clean-ups whose answer changes nothing)."""
+    without reading anything (clean-ups whose answer changes nothing), so drivers send it
+    with the script's source, which a master that lost its script cache still runs."""
 
     call: Call
     wait: bool = True
@@ -270,6 +271,7 @@ def next_step(
     seen: _Attempts,
     *,
     verdict: Verdict,
+    won_some: bool = False,
     votes: Sequence[Vote],
     left: float | None,
     rng: random.Random,
@@ -288,11 +290,14 @@ def next_step(
             return GiveUp(outage=True)
         return _bounded(Retry(rng.uniform(0, policy.retry_delay * 2 ** (seen.outages - 1))), left)
     seen.outages = 0
-    if verdict is Verdict.SPLIT:
+    # A split vote, or (when waiting) a refusal while we won some masters: the others may
+    # be held by fellow waiters racing us after the same release rather than by a
+    # holder, and nobody announces a lost round. Retry after jitter, a few times.
+    racing = verdict is Verdict.SPLIT or (req.blocking and won_some)
+    if racing and (req.blocking or seen.splits < policy.retry_count):
         seen.splits += 1
-        if not req.blocking and seen.splits > policy.retry_count:
-            return GiveUp(outage=False)
-        return _bounded(Retry(rng.uniform(0, policy.retry_delay)), left)
+        if verdict is Verdict.SPLIT or seen.splits <= policy.retry_count:
+            return _bounded(Retry(rng.uniform(0, policy.retry_delay)), left)
     if not req.blocking:
         return GiveUp(outage=False)
     wait = min(free_in(votes, policy.quorum), FALLBACK_POLL)
@@ -350,7 +355,16 @@ def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
             return Lease(req.resource, req.key, token, req.ttl, until, tuple(votes))
         yield from _undo(req.key, token, votes)
         left = None if deadline is None else deadline - ctx.clock()
-        step = next_step(req, policy, seen, verdict=verdict, votes=votes, left=left, rng=ctx.rng)
+        step = next_step(
+            req,
+            policy,
+            seen,
+            verdict=verdict,
+            won_some=tally.yes > 0,
+            votes=votes,
+            left=left,
+            rng=ctx.rng,
+        )
         if isinstance(step, GiveUp):
             if step.outage or verdict is Verdict.OUTAGE:
                 raise QuorumUnavailable(
@@ -373,11 +387,12 @@ def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
 
 
 def _undo(key: str, token: str, votes: Sequence[Vote]) -> Algorithm:
-    """Release a lost round wherever our token may have landed (a yes, or no answer),
-    without waiting: the keys expire anyway, and waiting would slow every refusal."""
+    """Delete a lost round's keys wherever our token may have landed (a yes, or no
+    answer), without waiting (the keys expire anyway, and waiting would slow every
+    refusal) and without announcing it (see ``_scripts.UNDO``)."""
     maybe = tuple(i for i, v in enumerate(votes) if v.outcome not in (Outcome.NO, Outcome.ABSTAIN))
     if maybe:
-        yield Round(Call(Verb.RELEASE, key, token), wait=False, targets=maybe)
+        yield Round(Call(Verb.UNDO, key, token), wait=False, targets=maybe)
 
 
 def extend(lease: Lease, ttl: float, policy: Policy, ctx: Context) -> Algorithm:
@@ -422,12 +437,14 @@ def release(key: str, token: str, policy: Policy) -> Algorithm:
     return Tally.of(votes, policy.masters).yes >= policy.quorum, tuple(votes)
 
 
-def inspect(key: str, policy: Policy) -> Algorithm:
+def inspect(resource: str, key: str, policy: Policy) -> Algorithm:
     """Whether a quorum of masters holds ``key`` now; returns (locked?, votes)."""
     votes = yield Round(Call(Verb.INSPECT, key))
     tally = Tally.of(votes, policy.masters)
     if tally.yes + tally.no < policy.quorum:
         raise QuorumUnavailable(
-            f"too few masters answered to inspect {key!r}", resource=key, votes=votes
+            f"too few masters answered to tell whether {resource!r} is locked",
+            resource=resource,
+            votes=votes,
         )
     return tally.yes >= policy.quorum, tuple(votes)

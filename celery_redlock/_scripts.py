@@ -116,16 +116,37 @@ return 0
 )
 
 
+# KEYS[1] lock key; ARGV[1] token.
+# Returns 1 when the key held our token and was deleted, else 0. Undoes a lost round
+# without announcing it: the lock was never ours, so nobody waits for this deletion,
+# and a PUBLISH here would wake every waiter (the sender included) to lose again.
+UNDO = Script(
+    "undo",
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+""",
+)
+
+
 class Verb(Enum):
     """What a call asks of a master."""
 
     ACQUIRE = "acquire"
     EXTEND = "extend"
     RELEASE = "release"
+    UNDO = "undo"
     INSPECT = "inspect"
 
 
-_SCRIPTS = {Verb.ACQUIRE: ACQUIRE, Verb.EXTEND: EXTEND, Verb.RELEASE: RELEASE}
+_SCRIPTS = {
+    Verb.ACQUIRE: ACQUIRE,
+    Verb.EXTEND: EXTEND,
+    Verb.RELEASE: RELEASE,
+    Verb.UNDO: UNDO,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +172,7 @@ class Call:
     def _keys_and_argv(self) -> tuple[Any, ...]:
         if self.verb is Verb.ACQUIRE:
             return (2, self.key, BOOT_KEY, self.token, self.ttl_ms, self.guard_ms)
-        if self.verb is Verb.RELEASE:
+        if self.verb in (Verb.RELEASE, Verb.UNDO):
             return (1, self.key, self.token)
         return (1, self.key, self.token, self.ttl_ms)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 import redis.asyncio.connection as aconn
-from redis.exceptions import ResponseError
+from redis.exceptions import InvalidResponse, ResponseError
 
 from celery_redlock import _quorum
 from celery_redlock._base import HandleBase, ManagerBase, Renewal, Seconds, logger
@@ -39,7 +39,13 @@ from celery_redlock.exceptions import (
 
 __all__ = ["AsyncLock", "AsyncRedlock"]
 
-_IO_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError, asyncio.TimeoutError)
+_IO_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    InvalidResponse,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 #: Marks a connection that has answered before (see ``_call_once_more_if_stale``).
 _PROVEN = "_celery_redlock_proven"
@@ -201,6 +207,7 @@ class _Listener:
         self._driver = driver
         self._conns: list[Any] = []
         self._news = asyncio.Event() if driver is not None else None
+        self._heard: set[bytes] = set()
         self._readers: list[asyncio.Task[None]] = []
 
     async def listen(self, channel: str) -> None:
@@ -231,7 +238,10 @@ class _Listener:
                 reply = await conn.read_response()
                 if reply and reply[0] == b"subscribe" and not confirmed.done():
                     confirmed.set_result(None)
-                elif reply and reply[0] == b"message":
+                elif reply and reply[0] == b"message" and reply[2] not in self._heard:
+                    # One release is announced by every master that held the key:
+                    # only its first copy is news.
+                    self._heard.add(reply[2])
                     self._news.set()
         except (*_IO_ERRORS, ResponseError):
             if not confirmed.done():
@@ -389,7 +399,7 @@ class AsyncRedlock(ManagerBase):
     async def locked(self, resource: str) -> bool:
         """Whether a quorum of masters holds ``resource`` now (by anyone)."""
         key = self.settings.key(resource)
-        held, _votes = await self._driver.run(_quorum.inspect(key, self.policy))
+        held, _votes = await self._driver.run(_quorum.inspect(resource, key, self.policy))
         return bool(held)
 
     async def close(self) -> None:

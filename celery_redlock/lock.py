@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import Any
 
 import redis
-from redis.exceptions import ResponseError
+from redis.exceptions import InvalidResponse, ResponseError
 
 from celery_redlock import _quorum
 from celery_redlock._base import HandleBase, ManagerBase, Seconds, logger
@@ -45,7 +45,7 @@ from celery_redlock.exceptions import ConfigurationError, LockError, LockLost, L
 __all__ = ["Lock", "Redlock"]
 
 #: Failures that mean "this master did not answer", as opposed to an error reply.
-_IO_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+_IO_ERRORS = (redis.ConnectionError, redis.TimeoutError, InvalidResponse, OSError)
 
 # Bumped in a forked child: connections inherited from the parent must never be used
 # (their sockets are the parent's), so every cache below checks it.
@@ -105,9 +105,9 @@ class _Link:
         """One reply from the parser; an error reply is raised as its ResponseError."""
         try:
             reply = self.conn._parser.read_response(disable_decoding=False)
-        except (OSError, redis.ConnectionError, redis.TimeoutError) as exc:
+        except (OSError, redis.RedisError) as exc:
             self.conn.disconnect()
-            if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            if isinstance(exc, redis.RedisError):
                 raise
             raise redis.ConnectionError(f"error while reading: {exc}") from exc
         if isinstance(reply, ResponseError):
@@ -200,7 +200,10 @@ class _Driver:
         now = m.clock()
         votes: list[Vote | None] = [None] * len(targets)
         waiting: dict[int, tuple[int, int]] = {}  # fd -> (position in votes, master)
-        packed = links[0].pack(rnd.call.command())  # the same bytes for every master
+        # The same bytes for every master. A round nobody waits for carries the script's
+        # source: its replies are drained unread, so a NOSCRIPT could not be answered.
+        call = rnd.call
+        packed = links[0].pack(call.command() if rnd.wait else call.fallback())
         for pos, i in enumerate(targets):
             vote = self._unusable(i, links[i], now, timeout, rnd.wait)
             if vote is None:
@@ -349,6 +352,7 @@ class _Listener:
     def __init__(self, manager: Redlock | None) -> None:
         self._m = manager
         self._conns: dict[int, Any] = {}
+        self._heard: set[bytes] = set()
 
     def listen(self, channel: str) -> None:
         m = self._m
@@ -387,15 +391,26 @@ class _Listener:
                 return
             for fd, _event in poller.poll(math.ceil(remaining * 1000)):
                 try:
-                    kind = self._conns[fd].read_response()[0]
+                    reply = self._conns[fd].read_response()
                 except _IO_ERRORS:
                     poller.unregister(fd)
                     outstanding.discard(fd)
                     continue
-                if kind == want:
-                    if not until_all:
-                        return
+                if reply[0] != want:
+                    continue
+                if until_all:
                     outstanding.discard(fd)
+                elif self._news(reply):
+                    return
+
+    def _news(self, message: Any) -> bool:
+        """A release we have not heard of yet: one release is announced by every master
+        that held the key, and only its first copy should end a wait."""
+        token = message[2]
+        if token in self._heard:
+            return False
+        self._heard.add(token)
+        return True
 
     def close(self) -> None:
         for conn in self._conns.values():
@@ -618,7 +633,7 @@ class Redlock(ManagerBase):
     def locked(self, resource: str) -> bool:
         """Whether a quorum of masters holds ``resource`` now (by anyone)."""
         key = self.settings.key(resource)
-        held, _votes = self._driver.run(_quorum.inspect(key, self.policy))
+        held, _votes = self._driver.run(_quorum.inspect(resource, key, self.policy))
         return bool(held)
 
     def close(self) -> None:

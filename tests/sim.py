@@ -48,7 +48,7 @@ class SimMaster:
                 self.keys[call.key] = (call.token, now + ttl)
                 return Vote(self.name, Outcome.YES)
             return Vote(self.name, Outcome.NO)
-        if call.verb is Verb.RELEASE:
+        if call.verb in (Verb.RELEASE, Verb.UNDO):
             if holder == call.token:
                 del self.keys[call.key]
                 return Vote(self.name, Outcome.YES)

@@ -205,11 +205,11 @@ def test_release_never_deletes_another_holders_key() -> None:
 def test_inspect_reports_a_quorum_view() -> None:
     sim = SimCluster(3)
     policy = sim.policy()
-    assert sim.run(_quorum.inspect("k:res", policy))[0] is False
+    assert sim.run(_quorum.inspect("res", "k:res", policy))[0] is False
     sim.masters[0].keys["k:res"] = ("x", 9.0)
-    assert sim.run(_quorum.inspect("k:res", policy))[0] is False
+    assert sim.run(_quorum.inspect("res", "k:res", policy))[0] is False
     sim.masters[1].keys["k:res"] = ("x", 9.0)
-    assert sim.run(_quorum.inspect("k:res", policy))[0] is True
+    assert sim.run(_quorum.inspect("res", "k:res", policy))[0] is True
 
 
 def test_ttl_goes_on_the_wire_rounded_up() -> None:

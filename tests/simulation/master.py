@@ -1,0 +1,111 @@
+"""A simulated Redis master that runs the wire protocol's scripts with their exact semantics.
+
+It answers in the raw reply shapes a real master sends (``[1, 0]``, ``[0, pttl]``,
+``[2, ms]``, ``1``/``0``, a PTTL), so the drivers' own :meth:`Call.parse` reads them. Time
+is its own clock in whole milliseconds, as Redis's: a key set at ``T`` with ``PX ttl`` lives
+while ``now <= T + ttl`` (Redis expires when ``now > when``), which is where the 1 ms of
+expiry slack in :data:`~celery_redlock._quorum.CLOCK_PRECISION` comes from.
+
+Crashes lose every key and the boot marker unless the master is persistent (AOF with
+fsync always: nothing acknowledged is lost, expiry times are absolute and keep running
+while it is down). A paused master (SIGSTOP) queues what arrives and answers it on resume.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery_redlock._scripts import Call, Verb
+from tests.simulation.engine import Action, Clock
+
+
+@dataclass(slots=True)
+class SimMaster:
+    """One master's data and process state."""
+
+    index: int
+    clock: Clock
+    persistent: bool = False
+    name: str = ""
+    #: key -> (token, expiry in the master's ms)
+    keys: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: the boot marker: 0 as an operator arms a brand-new master; None once data was lost
+    boot: int | None = 0
+    up: bool = True
+    paused: bool = False
+    #: bumped by each crash: connections opened before it are dead
+    incarnation: int = 0
+    backlog: list[Action] = field(default_factory=list)
+    #: channel -> client id -> that client's listener id
+    subscribers: dict[str, dict[int, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or f"m{self.index}"
+
+    def now_ms(self, true_time: float) -> int:
+        return math.floor(self.clock.read(true_time) * 1000)
+
+    # --- process state -------------------------------------------------------------------
+
+    def crash(self) -> None:
+        """SIGKILL: connections die; without persistence so does every key and the marker."""
+        self.up = False
+        self.paused = False
+        self.incarnation += 1
+        self.backlog.clear()
+        self.subscribers.clear()
+        if not self.persistent:
+            self.keys.clear()
+            self.boot = None
+
+    def restart(self) -> None:
+        self.up = True
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> list[Action]:
+        """SIGCONT: returns what queued meanwhile, to be answered in arrival order."""
+        self.paused = False
+        queued, self.backlog = self.backlog, []
+        return queued
+
+    # --- the scripts ---------------------------------------------------------------------
+
+    def execute(self, call: Call, true_time: float) -> tuple[Any, bool]:
+        """Run one call atomically; returns (raw reply, whether a release was published)."""
+        now = self.now_ms(true_time)
+        self._expire(call.key, now)
+        if call.verb is Verb.ACQUIRE:
+            return self._acquire(call, now), False
+        entry = self.keys.get(call.key)
+        ours = entry is not None and entry[0] == call.token
+        if call.verb is Verb.EXTEND:
+            if ours:
+                self.keys[call.key] = (call.token, now + call.ttl_ms)
+            return int(ours), False
+        if call.verb in (Verb.RELEASE, Verb.UNDO):
+            if ours:
+                del self.keys[call.key]
+            return int(ours), ours and call.verb is Verb.RELEASE  # UNDO announces nothing
+        return (-2 if entry is None else entry[1] - now), False
+
+    def _acquire(self, call: Call, now: int) -> list[int]:
+        """ACQUIRE, line by line: the guard (BOOT_KEY), SET NX PX, or re-arm our own key."""
+        if call.guard_ms > 0:
+            if self.boot is None:
+                self.boot = now
+            if now < self.boot + call.guard_ms:
+                return [2, self.boot + call.guard_ms - now]
+        entry = self.keys.get(call.key)
+        if entry is None or entry[0] == call.token:
+            self.keys[call.key] = (call.token, now + call.ttl_ms)
+            return [1, 0]
+        return [0, entry[1] - now]
+
+    def _expire(self, key: str, now: int) -> None:
+        entry = self.keys.get(key)
+        if entry is not None and now > entry[1]:
+            del self.keys[key]

@@ -1,0 +1,332 @@
+"""Schedules: a seed draws a cluster, a workload and a fault plan, runs it, checks it.
+
+Scenarios come in families that share their draws, so a hazard and its mitigation run the
+*same* schedule with one thing changed:
+
+- ``safe``: everything the algorithm tolerates at once: latency tails, lost messages,
+  partitions, paused masters, frozen clients, crashes (restart-guarded, persistent or
+  delayed past the TTL), 1 to 7 masters, clock rates within the drift allowance.
+- ``drift`` / ``drift-bounded``: clocks running up to 25% apart, or within 0.5%.
+- ``restart`` (guard off, restarts immediate and empty: the known hazard) and its
+  mitigations ``restart-guarded`` (the restart guard, at exactly the TTL),
+  ``restart-delayed`` (guard off, every crashed master stays down longer than the TTL)
+  and ``restart-persistent`` (guard off, AOF with fsync always).
+
+Every TTL-like duration is in TTLs; the TTL is 1 virtual second.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from celery_redlock import _quorum
+from tests.history import Overlap, find_overlaps
+from tests.simulation.driver import SimClient
+from tests.simulation.engine import Clock, Loop, NetParams, Network
+from tests.simulation.master import SimMaster
+from tests.simulation.workload import Habits, workload
+from tests.simulation.world import World
+
+TTL = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """How long each schedule runs: ``horizon`` TTLs of true time, or ``max_events``
+    events if it gets there first (clients that spin must not eat the whole budget)."""
+
+    horizon: float = 2.5
+    max_events: int = 2_500
+
+
+#: Short schedules for CI; the soak runs longer ones (more time for faults to compound).
+CI = Budget()
+SOAK = Budget(horizon=10.0, max_events=40_000)
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """Mean gaps between faults (0: none) and how long each lasts, in TTLs."""
+
+    crash_every: float = 0.0
+    restart_after: tuple[float, float] = (0.001, 0.02)
+    max_down: int = 1
+    persistent: float = 0.0  # chance each master has AOF with fsync always
+    pause_every: float = 0.0
+    pause_for: tuple[float, float] = (0.05, 0.5)
+    partition_every: float = 0.0
+    partition_for: tuple[float, float] = (0.05, 0.5)
+    freeze_every: float = 0.0
+    freeze_for: tuple[float, float] = (0.1, 2.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """Everything one schedule is made of, drawn from its seed."""
+
+    masters: int = 5
+    clients: int = 3
+    master_timeout: float = 0.05
+    retry_count: int = 3
+    retry_delay: float = 0.1
+    spread: float = 0.004  # clock rates are drawn from 1 ± spread
+    net: NetParams = field(default_factory=NetParams)
+    faults: Faults = field(default_factory=Faults)
+    habits: Habits = field(default_factory=Habits)
+
+
+# --- scenario families ---------------------------------------------------------------------
+
+#: The largest spread for which every pair of clocks stays within the drift allowance:
+#: (1 + s) / (1 - s) must stay below TTL / (TTL - drift) = 1 / 0.988.
+BOUNDED_SPREAD = 0.005
+
+
+def _net(rng: random.Random) -> NetParams:
+    lo = rng.uniform(0.0002, 0.002)
+    return NetParams(
+        latency=(lo, lo * rng.uniform(1, 5)),
+        slow=rng.choice((0.0, 0.01, 0.05, 0.2)),
+        slow_mean=rng.uniform(0.01, 0.1),
+        drop=rng.choice((0.0, 0.0, 0.01, 0.05)),
+    )
+
+
+def _habits(rng: random.Random) -> Habits:
+    return Habits(
+        resources=("a", "b")[: rng.choice((1, 1, 2))],
+        guard=TTL * rng.choice((1.0, 1.0, 1.5)),
+        blocking=rng.uniform(0, 1),
+        think=rng.uniform(0.05, 0.5),
+        hold=rng.uniform(0.3, 1.5),
+        renewals=rng.randint(0, 3),
+        freeze_holder=rng.choice((0.0, 0.05, 0.2)),
+    )
+
+
+def _base(rng: random.Random) -> Params:
+    return Params(
+        masters=rng.choice((1, 3, 3, 5, 5, 5, 7)),
+        clients=rng.randint(2, 5),
+        master_timeout=rng.uniform(0.01, 0.1),
+        retry_count=rng.randint(0, 3),
+        retry_delay=rng.uniform(0.01, 0.2),
+        spread=rng.uniform(0, BOUNDED_SPREAD),
+        net=_net(rng),
+        habits=_habits(rng),
+    )
+
+
+def safe(rng: random.Random) -> Params:
+    """Every fault at once, with restarts made safe one of the three ways."""
+    p = _base(rng)
+    faults = Faults(
+        crash_every=rng.choice((0.0, 0.5, 1.0, 3.0)),
+        max_down=rng.randint(1, 3),
+        pause_every=rng.choice((0.0, 1.0, 3.0)),
+        partition_every=rng.choice((0.0, 1.0, 3.0)),
+        freeze_every=rng.choice((0.0, 1.0, 3.0)),
+    )
+    way = rng.choice(("guard", "persistent", "delayed"))
+    if way == "persistent":
+        faults = replace(faults, persistent=1.0, restart_after=(0.001, 1.5))
+        p = replace(p, habits=replace(p.habits, guard=0.0))
+    elif way == "delayed":
+        faults = replace(faults, restart_after=(1.05, 2.0))
+        p = replace(p, habits=replace(p.habits, guard=0.0))
+    else:
+        faults = replace(faults, persistent=rng.choice((0.0, 0.5)), restart_after=(0.001, 2.0))
+    return replace(p, faults=faults)
+
+
+def drift(rng: random.Random) -> Params:
+    """Clocks running up to 25% apart; holders that hold to the end; waiters that wait."""
+    p = _base(rng)
+    habits = replace(_habits(rng), hold=1.5, blocking=0.8, think=0.1)
+    return replace(p, masters=rng.choice((3, 5)), spread=rng.uniform(0.05, 0.25), habits=habits)
+
+
+def drift_bounded(rng: random.Random) -> Params:
+    return replace(drift(rng), spread=rng.uniform(0, BOUNDED_SPREAD))
+
+
+def restart(rng: random.Random) -> Params:
+    """Masters crash every ~0.15 TTL and come straight back empty; the guard is off."""
+    p = _base(rng)
+    habits = replace(_habits(rng), guard=0.0, hold=1.5, think=0.05, blocking=0.3)
+    faults = Faults(crash_every=rng.uniform(0.08, 0.2), restart_after=(0.001, 0.02))
+    return replace(p, masters=rng.choice((3, 5)), faults=faults, habits=habits)
+
+
+def restart_guarded(rng: random.Random) -> Params:
+    p = restart(rng)
+    return replace(p, habits=replace(p.habits, guard=TTL))
+
+
+def restart_delayed(rng: random.Random) -> Params:
+    p = restart(rng)
+    return replace(p, faults=replace(p.faults, restart_after=(1.05, 1.5), max_down=2))
+
+
+def restart_persistent(rng: random.Random) -> Params:
+    p = restart(rng)
+    return replace(p, faults=replace(p.faults, persistent=1.0))
+
+
+#: scenario -> (family whose draws it shares, how to draw it, whether it must stay safe)
+SCENARIOS: dict[str, tuple[str, Callable[[random.Random], Params], bool]] = {
+    "safe": ("safe", safe, True),
+    "drift": ("drift", drift, False),
+    "drift-bounded": ("drift", drift_bounded, True),
+    "restart": ("restart", restart, False),
+    "restart-guarded": ("restart", restart_guarded, True),
+    "restart-delayed": ("restart", restart_delayed, True),
+    "restart-persistent": ("restart", restart_persistent, True),
+}
+
+
+# --- running one schedule ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Result:
+    """What one schedule did and whether it kept the promise."""
+
+    scenario: str
+    seed: int
+    overlaps: list[Overlap]
+    windows: int
+    faults: Counter[str]
+    outages: int
+    events: int
+    budget: Budget = CI
+    log: list[str] | None = None
+
+    def replay(self) -> str:
+        soak = " --soak" if self.budget == SOAK else ""
+        return (
+            f"python -m tests.simulation --scenario {self.scenario} --seed {self.seed}"
+            f"{soak} --trace"
+        )
+
+
+def draw(scenario: str, seed: int) -> tuple[Params, random.Random]:
+    family, make, _safe = SCENARIOS[scenario]
+    rng = random.Random(f"{family}:{seed}")
+    return make(rng), rng
+
+
+def run(scenario: str, seed: int, budget: Budget = CI, *, trace: bool = False) -> Result:
+    """Run one schedule to its horizon and check every validity window."""
+    params, rng = draw(scenario, seed)
+    loop = Loop()
+    net = Network(loop, random.Random(rng.getrandbits(64)), params.net)
+    masters = [
+        SimMaster(i, _clock(rng, params.spread, 1e6), rng.random() < params.faults.persistent)
+        for i in range(params.masters)
+    ]
+    world = World(loop, net, masters, params.master_timeout, log=[] if trace else None)
+    policy = _quorum.Policy(params.masters, 0.01, params.retry_count, params.retry_delay)
+    clients = [
+        SimClient(world, c, _clock(rng, params.spread, 1e3), random.Random(rng.getrandbits(64)))
+        for c in range(params.clients)
+    ]
+    horizon = budget.horizon * TTL
+    faults = plan_faults(world, clients, params.faults, horizon, random.Random(rng.getrandbits(64)))
+    for client in clients:
+        client.start(workload(client, policy, params.habits))
+    loop.run(horizon, budget.max_events)
+    windows = world.history.close_all(loop.now)
+    return Result(
+        scenario,
+        seed,
+        find_overlaps(windows),
+        len(windows),
+        faults,
+        sum(c.stats.outages for c in clients),
+        loop.events,
+        budget,
+        world.log,
+    )
+
+
+def _clock(rng: random.Random, spread: float, origin: float) -> Clock:
+    """A clock reading somewhere in ``[origin, 2 * origin)`` at true time 0."""
+    return Clock(rng.uniform(1 - spread, 1 + spread), origin * (1 + rng.random()))
+
+
+# --- the fault plan ------------------------------------------------------------------------
+
+
+def plan_faults(
+    world: World, clients: list[SimClient], f: Faults, horizon: float, rng: random.Random
+) -> Counter[str]:
+    """Schedule every fault of the run up front (so the seed alone decides them)."""
+    return Counter(
+        {
+            "crash+restart": _plan_crashes(world, f, horizon, rng),
+            "pause": _plan_pauses(world, f, horizon, rng),
+            "partition": _plan_partitions(world, f, horizon, rng),
+            "client freeze": _plan_freezes(world, clients, f, horizon, rng),
+        }
+    )
+
+
+def _plan_crashes(world: World, f: Faults, horizon: float, rng: random.Random) -> int:
+    """Crash a master that is up, never more than ``max_down`` at once; restart it later."""
+    n, count = len(world.masters), 0
+    down: list[list[tuple[float, float]]] = [[] for _ in range(n)]
+    for t in _times(rng, f.crash_every, horizon):
+        up = [i for i in range(n) if not any(a <= t < b for a, b in down[i])]
+        if n - len(up) >= f.max_down or not up:
+            continue
+        i = rng.choice(up)
+        back = t + rng.uniform(*f.restart_after) * TTL
+        down[i].append((t, back))
+        world.loop.at(t, functools.partial(world.crash, i))
+        world.loop.at(back, functools.partial(world.restart, i))
+        count += 1
+    return count
+
+
+def _plan_pauses(world: World, f: Faults, horizon: float, rng: random.Random) -> int:
+    times = _times(rng, f.pause_every, horizon)
+    for t in times:
+        i, end = rng.randrange(len(world.masters)), t + rng.uniform(*f.pause_for) * TTL
+        world.loop.at(t, functools.partial(world.pause, i))
+        world.loop.at(end, functools.partial(world.resume, i))
+    return len(times)
+
+
+def _plan_partitions(world: World, f: Faults, horizon: float, rng: random.Random) -> int:
+    times = _times(rng, f.partition_every, horizon)
+    for t in times:
+        i, end = rng.randrange(len(world.masters)), t + rng.uniform(*f.partition_for) * TTL
+        world.net.partitions.setdefault(i, []).append((t, end))
+    return len(times)
+
+
+def _plan_freezes(
+    world: World, clients: list[SimClient], f: Faults, horizon: float, rng: random.Random
+) -> int:
+    times = _times(rng, f.freeze_every, horizon)
+    for t in times:
+        client, seconds = rng.choice(clients), rng.uniform(*f.freeze_for) * TTL
+        world.loop.at(t, functools.partial(client.freeze, seconds))
+    return len(times)
+
+
+def _times(rng: random.Random, every: float, horizon: float) -> list[float]:
+    """Times of a Poisson process with mean gap ``every`` TTLs (none if 0)."""
+    times: list[float] = []
+    t = 0.0
+    while every:
+        t += rng.expovariate(1 / (every * TTL))
+        if t >= horizon:
+            break
+        times.append(t)
+    return times

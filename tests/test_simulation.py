@@ -1,0 +1,180 @@
+"""The deterministic simulation: the real algorithm under every fault, checked for overlaps.
+
+Thousands of seeded schedules per run; a failure names its seed and the command that
+replays it. Set ``REDLOCK_SIM_SOAK=1`` for ten times as many, each four times longer.
+The hazard tests are as important as the safety ones: a checker that never finds
+anything proves nothing, so schedules that break the algorithm's assumptions (clocks
+far apart, masters restarting empty with no guard) must be caught.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from celery_redlock import _quorum
+from celery_redlock._scripts import Call, Outcome, Verb
+from celery_redlock.testing import RedisServer
+from tests.history import Window, find_overlaps
+from tests.simulation.__main__ import SCHEDULES
+from tests.simulation.engine import Clock
+from tests.simulation.explore import explore
+from tests.simulation.master import SimMaster
+from tests.simulation.scenarios import BOUNDED_SPREAD, CI, SOAK, run
+
+SOAK_MODE = os.environ.get("REDLOCK_SIM_SOAK") == "1"
+BUDGET = SOAK if SOAK_MODE else CI
+
+
+def seeds(scenario: str) -> range:
+    return range(SCHEDULES[scenario] * (10 if SOAK_MODE else 1))
+
+
+# --- the promise holds where the assumptions do -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    ["safe", "drift-bounded", "restart-guarded", "restart-delayed", "restart-persistent"],
+)
+def test_no_two_holders_where_the_assumptions_hold(scenario: str) -> None:
+    summary = explore(scenario, seeds(scenario), BUDGET)
+    assert not summary.failing, summary.explain()
+    assert summary.windows > summary.schedules  # the schedules did hand out locks
+
+
+# --- and the checker catches it where they do not -----------------------------------------
+
+
+@pytest.mark.parametrize("scenario", ["drift", "restart"])
+def test_schedules_that_break_the_assumptions_are_caught(scenario: str) -> None:
+    summary = explore(scenario, seeds(scenario), BUDGET)
+    assert summary.failing, f"the {scenario} hazard went unnoticed: the checker is blind"
+    assert "replay: python -m tests.simulation" in summary.explain()
+
+
+def test_the_guard_closes_exactly_the_schedules_that_broke_without_it() -> None:
+    """Same seeds, same crashes; only the restart guard differs."""
+    broken = [r.seed for r in explore("restart", range(30), BUDGET).failing]
+    assert len(broken) > 20
+    assert not explore("restart-guarded", broken, BUDGET).failing
+
+
+# --- replay ---------------------------------------------------------------------------------
+
+
+def test_a_seed_replays_exactly() -> None:
+    first = run("safe", 11, trace=True)
+    second = run("safe", 11, trace=True)
+    assert first.log
+    assert first.log == second.log
+    assert first.events == second.events
+
+
+def test_a_failing_schedule_names_its_seed_and_its_overlap() -> None:
+    summary = explore("restart", range(5))
+    text = summary.explain()
+    seed = summary.failing[0].seed
+    assert f"--scenario restart --seed {seed}" in text
+    assert " overlaps " in text
+
+
+# --- the checker ----------------------------------------------------------------------------
+
+
+def test_the_checker_finds_intersections_per_key_only() -> None:
+    windows = [
+        Window("k", "a", "t1", 0.0, 1.0),
+        Window("k", "b", "t2", 1.0, 2.0),  # touches: fine
+        Window("k", "c", "t3", 1.5, 1.6),  # inside b
+        Window("j", "d", "t4", 0.5, 1.5),  # another key
+        Window("k", "e", "t5", 3.0, 3.0),  # empty: held nothing
+    ]
+    found = find_overlaps(windows)
+    assert [(o.first.token, o.second.token) for o in found] == [("t2", "t3")]
+    assert found[0].seconds == pytest.approx(0.1)
+
+
+# --- the simulated master is the real scripts ----------------------------------------------
+
+
+def test_the_simulated_master_answers_as_a_real_one() -> None:
+    """The same calls, including the restart guard after a FLUSHALL, on both."""
+    calls = [
+        Call(Verb.ACQUIRE, "k", "t1", 10_000, 0),
+        Call(Verb.ACQUIRE, "k", "t2", 10_000, 0),
+        Call(Verb.ACQUIRE, "k", "t1", 20_000, 20_000),  # armed master: the guard passes
+        Call(Verb.INSPECT, "k"),
+        Call(Verb.EXTEND, "k", "t2", 10_000),
+        Call(Verb.EXTEND, "k", "t1", 10_000),
+        Call(Verb.RELEASE, "k", "t2"),
+        Call(Verb.RELEASE, "k", "t1"),
+        Call(Verb.INSPECT, "k"),
+        None,  # FLUSHALL: the data and the boot marker are gone
+        Call(Verb.ACQUIRE, "k", "t3", 10_000, 0),  # guard off: granted
+        Call(Verb.RELEASE, "k", "t3"),
+        Call(Verb.ACQUIRE, "k", "t4", 10_000, 30_000),  # guard on: abstains
+        Call(Verb.ACQUIRE, "k", "t4", 10_000, 0),
+    ]
+    sim = SimMaster(0, Clock(1.0, time.time()))  # the epoch, as Redis's TIME
+    with RedisServer() as server, server.client() as client:
+        for call in calls:
+            if call is None:
+                client.flushall()
+                sim.crash()
+                sim.restart()
+                continue
+            wire = call.command() if call.verb is Verb.INSPECT else call.fallback()
+            real = call.parse(client.execute_command(*wire))
+            modelled = call.parse(sim.execute(call, 0.0)[0])
+            assert real.outcome == modelled.outcome, call
+            if real.pttl_ms is not None and modelled.pttl_ms is not None:
+                assert abs(real.pttl_ms - modelled.pttl_ms) < 5_000, call
+    assert modelled.outcome is Outcome.YES
+
+
+# --- the arithmetic the simulation relies on -----------------------------------------------
+
+
+def test_the_bounded_spread_is_within_the_drift_allowance() -> None:
+    ttl = 1.0
+    allowance = ttl / (ttl - _quorum.drift(ttl, 0.01))
+    assert allowance > (1 + BOUNDED_SPREAD) / (1 - BOUNDED_SPREAD)
+
+
+@given(
+    ttl=st.floats(0.05, 3600),
+    factor=st.floats(0.0, 0.49),
+    client_rate=st.floats(0.5, 2.0),
+    ratio=st.floats(0.5, 1.0),
+    start=st.floats(0, 1e5),
+    landed=st.floats(0, 1.0),
+    origin=st.floats(0, 1e6),
+)
+def test_a_lease_never_outlives_its_key_when_drift_is_within_the_factor(
+    *,
+    ttl: float,
+    factor: float,
+    client_rate: float,
+    ratio: float,
+    start: float,
+    landed: float,
+    origin: float,
+) -> None:
+    """valid_until (client clock) comes before the key's expiry (master clock, whole ms),
+    whenever the master's clock runs at most ``1 / (1 - factor)`` times the client's."""
+    client = Clock(client_rate, 0.0)
+    master_rate = client_rate * (1 + ratio * (1 / (1 - factor) - 1))
+    master = SimMaster(0, Clock(master_rate, origin))
+    until = _quorum.valid_until(client.read(start), ttl, factor)
+    set_at = start + landed * (client.true_at(until) - start)  # the key landed in time
+    master.execute(Call(Verb.ACQUIRE, "k", "t", _quorum.ttl_ms(ttl)), set_at)
+    end = client.true_at(until)
+    assert math.isfinite(end)
+    alive = master.execute(Call(Verb.INSPECT, "k"), end)[0]
+    assert alive >= 0, "the master let the key go while the client still counted on it"
