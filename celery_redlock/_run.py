@@ -1,0 +1,308 @@
+"""One run of a SingletonTask in the worker: take the lock, or apply the duplicate or outage
+policy; run the body while the lock is renewed; release however the run ends.
+
+Every way a task arrives (``apply_async``, ``send_task`` by name, beat, a retry, a broker
+redelivery) ends up here, in the worker, so none of them bypasses the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from celery_redlock import signals
+from celery_redlock._appstate import state_of
+from celery_redlock._handoff import as_owner, holder, owner_of
+from celery_redlock._reaper import reaper
+from celery_redlock.exceptions import LockLost, QuorumUnavailable
+from celery_redlock.lock import Lock, Redlock
+from celery_redlock.outcomes import TaskLocked, skipped
+from celery_redlock.settings import OUTAGE_COUNTDOWN_MAX, LockOptions, OnDuplicate, OnOutage
+
+logger = logging.getLogger("celery_redlock")
+
+#: Message headers handing a queue-time lock from the publisher to the run.
+HEADER_TOKEN = "redlock_token"  # noqa: S105 - a header name, not a secret
+HEADER_RESOURCE = "redlock_resource"
+
+#: The holds of the runs in progress in this thread, by task id. Not on the request:
+#: Celery copies unknown request attributes into the headers of a retry's message.
+_local = threading.local()
+
+
+def window_of(resource: str) -> str:
+    """The key that stays taken for ``lock_window`` seconds after a run of ``resource``."""
+    return f"{resource}~window"
+
+
+@dataclass(eq=False)
+class Hold:
+    """The lock one run holds (None while it runs unlocked), and whether it was lost."""
+
+    task: Any
+    task_id: str
+    resource: str
+    lock: Lock | None = None
+    lost: LockLost | None = None
+    finished: bool = False
+
+    def on_lost(self, _lock: Lock, error: LockLost) -> None:
+        """Called by the renewal thread when a quorum can no longer be kept."""
+        self.lost = error
+        logger.error(
+            "task %s[%s] lost its lock on %r while running; another run may start: %s",
+            self.task.name,
+            self.task_id,
+            self.resource,
+            error,
+        )
+        signals.lock_lost.send(
+            sender=self.task, task_id=self.task_id, resource=self.resource, error=error
+        )
+
+
+def _holds() -> dict[str, Hold]:
+    holds: dict[str, Hold] | None = getattr(_local, "holds", None)
+    if holds is None:
+        holds = _local.holds = {}
+    return holds
+
+
+def current_hold(task: Any) -> Hold | None:
+    """The hold of ``task``'s run in progress in this thread, if any."""
+    task_id = task.request.id
+    return _holds().get(task_id) if task_id else None
+
+
+def run(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], body: Callable[[], Any]) -> Any:
+    """Run ``body`` under the call's lock, or end the run as the policies say."""
+    request = task.request
+    options: LockOptions = task.lock_options
+    dlm = state_of(task.app).manager
+    hold = Hold(task, request.id, task.lock_resource(*args, **kwargs))
+    if not request.retries:
+        _adopt(dlm, request)
+    try:
+        hold.lock = _take(dlm, hold, options, _max_hold(task, options))
+    except QuorumUnavailable as exc:
+        return _outage(task, hold, options, exc, body)
+    if hold.lock is None:
+        return _duplicate(task, dlm, hold, options)
+    return _run_held(task, hold, body)
+
+
+def _run_held(task: Any, hold: Hold, body: Callable[[], Any]) -> Any:
+    holds = _holds()
+    holds[hold.task_id] = hold
+    if hold.lock is not None:
+        reaper.record(hold.task_id, hold.resource, hold.lock.token)
+        signals.lock_acquired.send(
+            sender=task, task_id=hold.task_id, resource=hold.resource, lock=hold.lock
+        )
+    try:
+        return body()
+    finally:
+        try:
+            finish(task, hold)
+        finally:
+            holds.pop(hold.task_id, None)
+
+
+def finish(task: Any, hold: Hold) -> None:
+    """Release the run's lock (once), after starting its window if it has one."""
+    if hold.finished:
+        return
+    hold.finished = True
+    lock = hold.lock
+    if lock is None:
+        return
+    options: LockOptions = task.lock_options
+    dlm = state_of(task.app).manager
+    if options.window:
+        _start_window(dlm, hold, options.window)
+    released = lock.release()
+    reaper.forget(hold.task_id)
+    signals.lock_released.send(
+        sender=task, task_id=hold.task_id, resource=hold.resource, released=released
+    )
+
+
+def _start_window(dlm: Redlock, hold: Hold, window: float) -> None:
+    # Taken before the run's lock is released, so no other run fits in between.
+    try:
+        opened = dlm.acquire(window_of(hold.resource), window, owner=as_owner(hold.task_id))
+        if opened is None:
+            logger.warning("the window of %r was already taken", hold.resource)
+    except Exception as exc:  # the run is over; only throttling is lost
+        logger.warning("could not start the %s s window of %r: %s", window, hold.resource, exc)
+
+
+def _adopt(dlm: Redlock, request: Any) -> None:
+    """Free the queue-time lock this message carries, so that this run can take the key.
+
+    Released (owner-checked) rather than taken over: a broker redelivery of the same
+    message carries the same token, and two runs must never share one.
+    """
+    headers = getattr(request, "headers", None) or {}
+    token = getattr(request, HEADER_TOKEN, None) or headers.get(HEADER_TOKEN)
+    resource = getattr(request, HEADER_RESOURCE, None) or headers.get(HEADER_RESOURCE)
+    if isinstance(token, str) and isinstance(resource, str) and owner_of(token) == request.id:
+        dlm.release(resource, token)
+
+
+def _max_hold(task: Any, options: LockOptions) -> float | None:
+    """Renew no longer than the hard time limit plus a lease: a run past its hard limit is
+    being killed, and its lock must not outlive it by more than a lease."""
+    limits = task.request.timelimit or (None, None)
+    hard = limits[0] or task.time_limit
+    return float(hard) + options.lease if hard else None
+
+
+def _take(dlm: Redlock, hold: Hold, options: LockOptions, max_hold: float | None) -> Lock | None:
+    """The run's lock, or None when another call holds the key (or its window is open).
+
+    ``wait`` blocks (woken by the holder's release) up to the wait timeout.
+    """
+    wait = options.on_duplicate is OnDuplicate.WAIT
+    deadline = time.monotonic() + options.wait_timeout
+    while True:
+        left = max(0.0, deadline - time.monotonic()) if wait else None
+        lock = dlm.acquire(
+            hold.resource,
+            options.lease,
+            blocking=wait,
+            timeout=left,
+            auto_renew=True,
+            max_hold=max_hold,
+            owner=as_owner(hold.task_id),
+            on_lost=hold.on_lost,
+        )
+        if lock is None or not options.window or not _window_open(dlm, hold, lock):
+            return lock
+        left = deadline - time.monotonic()
+        if not wait or left <= 0:
+            return None
+        # Wait out the window: its key expires, it is never released, and the core's
+        # blocking acquire sleeps until that expiry.
+        opened = dlm.acquire(window_of(hold.resource), options.lease, blocking=True, timeout=left)
+        if opened is None:
+            return None
+        opened.release()
+
+
+def _window_open(dlm: Redlock, hold: Hold, lock: Lock) -> bool:
+    try:
+        is_open = dlm.locked(window_of(hold.resource))
+    except BaseException:
+        lock.release()
+        raise
+    if is_open:
+        lock.release()
+    return is_open
+
+
+def _duplicate(task: Any, dlm: Redlock, hold: Hold, options: LockOptions) -> Any:
+    policy = options.on_duplicate
+    holder_id = holder(dlm, hold.resource)
+    if holder_id is None and options.window:
+        holder_id = holder(dlm, window_of(hold.resource))
+    signals.lock_duplicate.send(
+        sender=task,
+        task_id=hold.task_id,
+        resource=hold.resource,
+        policy=policy.value,
+        stage="run",
+        holder=holder_id,
+    )
+    held = f"{hold.resource!r} is held by {holder_id or 'another call'}"
+    if policy is OnDuplicate.SKIP:
+        return _skip(task, hold, held, holder_id)
+    if policy is OnDuplicate.RETRY:
+        logger.info(
+            "task %s[%s] retries in %s s: %s",
+            task.name,
+            hold.task_id,
+            options.duplicate_countdown,
+            held,
+        )
+        raise task.retry(
+            exc=TaskLocked(held, resource=hold.resource), countdown=options.duplicate_countdown
+        )
+    if policy is OnDuplicate.WAIT:
+        held += f" after waiting {options.wait_timeout} s"
+    raise TaskLocked(held, resource=hold.resource)
+
+
+def _skip(task: Any, hold: Hold, held: str, holder_id: str | None) -> dict[str, Any]:
+    """Succeed without running the body.
+
+    The callbacks and the rest of a chain are not sent: they would get a result the body
+    never made. So that nothing waits for them forever (a chain's result is its last
+    step's), each one with a task id is marked REVOKED with the reason, and the log line
+    counts them.
+    """
+    request = task.request
+    dropped = [*(request.callbacks or ()), *(request.chain or ())]
+    request.callbacks = None
+    request.chain = None
+    reason = f"not sent: {task.name}[{hold.task_id}] before it was skipped ({held})"
+    for signature in dropped:
+        _mark_unsent(task, signature, reason)
+    logger.info(
+        "task %s[%s] skipped: %s%s",
+        task.name,
+        hold.task_id,
+        held,
+        f"; its {len(dropped)} callback(s)/chain step(s) are not sent" if dropped else "",
+    )
+    return skipped(hold.resource, holder_id)
+
+
+def _mark_unsent(task: Any, signature: Any, reason: str) -> None:
+    options = signature.get("options") if isinstance(signature, Mapping) else None
+    task_id = options.get("task_id") if isinstance(options, Mapping) else None
+    if task_id:
+        with contextlib.suppress(NotImplementedError):  # no result backend configured
+            task.backend.mark_as_revoked(task_id, reason)
+
+
+def _outage(
+    task: Any, hold: Hold, options: LockOptions, exc: QuorumUnavailable, body: Callable[[], Any]
+) -> Any:
+    policy = options.on_outage
+    signals.lock_outage.send(
+        sender=task, task_id=hold.task_id, resource=hold.resource, policy=policy.value, error=exc
+    )
+    if policy is OnOutage.RUN_UNLOCKED:
+        logger.warning(
+            "task %s[%s] runs WITHOUT its lock on %r (lock_on_outage='run_unlocked'): %s",
+            task.name,
+            hold.task_id,
+            hold.resource,
+            exc,
+        )
+        return _run_held(task, hold, body)
+    if policy is OnOutage.RAISE:
+        raise exc
+    countdown = outage_countdown(options.outage_countdown, task.request.retries or 0)
+    logger.warning(
+        "task %s[%s] cannot lock %r, retrying in %.1f s: %s",
+        task.name,
+        hold.task_id,
+        hold.resource,
+        countdown,
+        exc,
+    )
+    raise task.retry(exc=exc, countdown=countdown)
+
+
+def outage_countdown(base: float, retries: int) -> float:
+    """Exponential backoff with jitter, so that a fleet of retries does not return at once."""
+    ceiling = min(base * 2 ** min(retries, 30), OUTAGE_COUNTDOWN_MAX)
+    return random.uniform(ceiling / 2, ceiling)

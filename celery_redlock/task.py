@@ -1,0 +1,270 @@
+"""SingletonTask: Celery tasks that never run twice at once, per task or per arguments.
+
+Overview
+========
+
+A task with ``base=SingletonTask`` holds a Redlock (a lock on a quorum of independent
+Redis masters) for the whole of each run. Two calls with the same key never run at the
+same time on any worker of the cluster; calls with different keys run in parallel. The
+key is the task name plus a digest of the arguments bound to the task's signature with
+defaults applied, so ``f(1, b=2)``, ``f(a=1, b=2)`` and ``f(1, 2)`` are one key.
+
+The lock is a short lease (``lock_lease``, 30 s) renewed every third of it while the body
+runs, so a run killed outright frees its key within one lease; under prefork, the worker's
+main process frees it as soon as the killed child has exited. It is released when the
+run ends however it ends: success, exception, ``self.retry()`` (before the retry is sent,
+so the retry can take it again), revoke, time limits, worker shutdown.
+
+Usage
+=====
+
+.. code-block:: python
+
+    from celery_redlock import SingletonTask
+
+    app.conf.redlock_masters = [
+        "redis://r1:6379/0", "redis://r2:6379/0", "redis://r3:6379/0",
+    ]
+
+    @app.task(base=SingletonTask)
+    def sync_customer(customer_id, full=False):
+        ...
+
+    @app.task(base=SingletonTask, lock_key=["customer_id"], lock_on_duplicate="retry")
+    def bill_customer(customer_id, amount):
+        ...
+
+    @app.task(bind=True, base=SingletonTask, lock_key=[], lock_lease=10)
+    def rebuild_index(self):
+        for chunk in chunks():
+            if self.lock_lost:          # renewal failed: another run may have started
+                raise RuntimeError("lost the lock")
+            ...
+
+Options (``@app.task(..., lock_<name>=...)``; each defaults to the ``redlock_<name>``
+setting, see :mod:`celery_redlock.settings`):
+
+- ``lock_key``: None (every argument), argument names, ``[]`` (the task name alone), or a
+  function called with the task's arguments that returns the resource name itself (two
+  tasks returning the same name exclude each other).
+- ``lock_lease``, ``lock_on_duplicate`` (``skip``, ``raise``, ``retry``, ``wait``),
+  ``lock_on_outage`` (``retry``, ``raise``, ``run_unlocked``), ``lock_wait_timeout``,
+  ``lock_duplicate_countdown``, ``lock_outage_countdown``, ``lock_dedup``,
+  ``lock_dedup_ttl``, ``lock_window``: see :class:`~celery_redlock.settings.LockOptions`.
+
+A duplicate skipped by the default policy succeeds without running its body; its result
+(:func:`~celery_redlock.outcomes.skipped`) says why and names the holder. The callbacks
+and chain steps attached to it are not sent (they would receive a result the body never
+made); those with a task id (every chain step) are marked REVOKED with the reason, so a
+``chain.get()`` raises instead of waiting forever, and the INFO log line counts them. In
+a group or chord the skipped member's result is the skip marker, and the chord goes on.
+With ``raise``, ``wait`` and an exhausted ``retry``, the run fails as any task does
+(errbacks run, Celery fails the rest of its chain). ``lock_dedup`` never applies to a
+call that is part of a canvas (chain step, group or chord member, call with callbacks).
+A call made directly (``sync_customer(42)``) is a plain function call and takes no lock.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from celery import Task
+
+from celery_redlock import _publish, _run
+from celery_redlock._appstate import state_of
+from celery_redlock.exceptions import ConfigurationError, LockLost
+from celery_redlock.hooks import install
+from celery_redlock.keys import KeySpec
+from celery_redlock.lock import Lock
+from celery_redlock.settings import (
+    TASK_OPTIONS,
+    LockOptions,
+    check_attribute_names,
+    check_ttls,
+    parse_options,
+)
+
+__all__ = ["SingletonTask", "make_singleton"]
+
+
+class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
+    """A task whose runs hold a quorum lock on their key (see the module docstring)."""
+
+    #: How calls are keyed: None (all arguments), names, ``[]`` (task only), or a function.
+    lock_key: Any = None
+    lock_lease: Any = None
+    lock_on_duplicate: Any = None
+    lock_on_outage: Any = None
+    lock_wait_timeout: Any = None
+    lock_duplicate_countdown: Any = None
+    lock_outage_countdown: Any = None
+    lock_dedup: Any = None
+    lock_dedup_ttl: Any = None
+    lock_window: Any = None
+
+    #: (attribute, setting) pairs: an attribute left None takes the setting's value.
+    lock_from_config: ClassVar[tuple[tuple[str, str], ...]] = TASK_OPTIONS
+
+    _lock_options: ClassVar[LockOptions | None] = None
+    _lock_spec: ClassVar[KeySpec | None] = None
+
+    @classmethod
+    def on_bound(cls, app: Any) -> None:
+        """Celery binds each task to its app: resolve and check its lock options now, so a
+        bad one fails at app finalize rather than on the first run."""
+        super().on_bound(app)
+        cls.configure_lock(app)
+        install(app)
+
+    @classmethod
+    def configure_lock(cls, app: Any) -> None:
+        """Resolve this task's options through :attr:`lock_from_config` and check them,
+        with the key spec against the task's signature (raises ConfigurationError)."""
+        where = f"task {cls.name}"
+        _check_option_names(cls, where)
+        config = state_of(app).config
+        given = {
+            attr.removeprefix("lock_"): getattr(cls, attr)
+            for attr, _setting in cls.lock_from_config
+            if getattr(cls, attr) is not None
+        }
+        options = parse_options(given, config.defaults, lambda n: f"lock_{n} of {where}")
+        check_ttls(options, config.lock, lambda n: f"lock_{n} of {where}")
+        cls._lock_options = options
+        cls._lock_spec = KeySpec.parse(cls.name, _run_signature(cls), _raw(cls, "lock_key"))
+
+    @property
+    def lock_options(self) -> LockOptions:
+        """This task's resolved lock options (its own, else the app's settings)."""
+        if self._lock_options is None:
+            raise ConfigurationError(f"task {self.name} is not bound to an app yet")
+        return self._lock_options
+
+    def lock_resource(self, *args: Any, **kwargs: Any) -> str:
+        """The lock's resource name for a call with these arguments."""
+        if self._lock_spec is None:
+            raise ConfigurationError(f"task {self.name} is not bound to an app yet")
+        return self._lock_spec.resource(args, kwargs)
+
+    def is_locked(self, *args: Any, **kwargs: Any) -> bool:
+        """Whether a call with these arguments is running (or queued, with lock_dedup)."""
+        return state_of(self.app).manager.locked(self.lock_resource(*args, **kwargs))
+
+    @property
+    def current_lock(self) -> Lock | None:
+        """The lock held by the run in progress (None outside a run, or running unlocked)."""
+        hold = _run.current_hold(self)
+        return hold.lock if hold is not None else None
+
+    @property
+    def lock_lost(self) -> LockLost | None:
+        """Why the running call's lock was lost (renewal failed), or None while it holds."""
+        hold = _run.current_hold(self)
+        return hold.lost if hold is not None else None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        call = super().__call__
+        if self.request.called_directly:
+            return call(*args, **kwargs)
+        return _run.run(self, args, kwargs, lambda: call(*args, **kwargs))
+
+    def retry(  # noqa: PLR0917 - Celery's signature
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: Any = None,
+        throw: bool = True,
+        eta: Any = None,
+        countdown: Any = None,
+        max_retries: Any = None,
+        **options: Any,
+    ) -> Any:
+        """:meth:`celery.Task.retry`, releasing the run's lock first when a retry will be
+        sent and the body ends here, so that the retry can take it (and not find its own
+        run holding it). With ``throw=False`` the body goes on, so the lock is kept until
+        it ends (a retry due before then meets the duplicate policy)."""
+        hold = _run.current_hold(self)
+        if hold is not None and throw and self._will_retry(max_retries):
+            _run.finish(self, hold)
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+
+    def _will_retry(self, max_retries: Any) -> bool:
+        request = self.request
+        limit = self.max_retries if max_retries is None else max_retries
+        return not request.called_directly and (limit is None or request.retries < limit)
+
+    def apply_async(  # noqa: PLR0917 - Celery's signature
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        task_id: Any = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: Any = None,
+        **options: Any,
+    ) -> Any:
+        """:meth:`celery.Task.apply_async`; with ``lock_dedup``, a call whose key is queued
+        or running returns that call's result instead of being published again."""
+        options.update(
+            task_id=task_id, producer=producer, link=link, link_error=link_error, shadow=shadow
+        )
+        send = super().apply_async
+        if self._lock_options is None or not _publish.wants_dedup(self, options):
+            return send(args, kwargs, **options)
+        return _publish.publish(self, args, kwargs, options, send)
+
+
+def _check_option_names(cls: type[SingletonTask], where: str) -> None:
+    """Refuse unknown ``lock_*`` attributes (typos) and ``redlock_*`` ones (settings given
+    as task options); methods SingletonTask itself defines are fine to override."""
+    ours = {name for name in dir(SingletonTask) if name.startswith("lock_")}
+    given: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is SingletonTask:
+            break
+        given |= {n for n in vars(klass) if n.startswith(("lock_", "redlock_"))}
+    for name in sorted(given):
+        if name.startswith("redlock_"):
+            raise ConfigurationError(
+                f"{where}: {name} is an app setting; the task option is"
+                f" {name.replace('redlock_', 'lock_', 1)}"
+            )
+    check_attribute_names(given - ours, where)
+
+
+def _raw(cls: type[Any], name: str) -> Any:
+    """A class attribute as stored (a function given as an option is not a method)."""
+    value = inspect.getattr_static(cls, name)
+    return value.__func__ if isinstance(value, staticmethod) else value
+
+
+def _run_signature(cls: type[Any]) -> inspect.Signature:
+    """The signature callers use: ``run``'s, without ``self`` for bound tasks."""
+    run = inspect.getattr_static(cls, "run")
+    if isinstance(run, staticmethod):
+        return inspect.signature(run.__func__)
+    signature = inspect.signature(run)
+    params = list(signature.parameters.values())[1:]
+    return signature.replace(parameters=params)
+
+
+def make_singleton(task: Any, options: Mapping[str, Any]) -> None:
+    """Turn a registered task into a SingletonTask with ``options`` (``redlock_tasks``).
+
+    Its class is swapped for a subclass of both SingletonTask and its own class, before
+    any worker builds its tracer, so its own methods still apply under ours.
+    """
+    cls = type(task)
+    attrs = {
+        **options,
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+        "__doc__": cls.__doc__,
+        "_redlock_listed": True,
+    }
+    singleton: type[SingletonTask] = type(cls.__name__, (SingletonTask, cls), attrs)
+    singleton.configure_lock(task.app)
+    task.__class__ = singleton

@@ -1,0 +1,201 @@
+"""A real ``celery worker -P prefork`` subprocess: pool children killed every way Celery (or
+the kernel) kills them, and the key is free again at once, or within a lease at worst."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from celery.exceptions import TimeLimitExceeded, WorkerLostError
+
+from celery_redlock import is_skipped
+from celery_redlock.testing import RedisGroup, RedisServer
+from tests.celery_helpers import wait_for
+from tests.celery_tasks import make_app, probe_of
+from tests.test_task_policies import assert_no_overlap
+
+pytest_plugins = ["tests.celery_fixtures"]
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 60
+
+
+@dataclass
+class PreforkWorker:
+    """A worker subprocess and an app (in this process) that talks to it."""
+
+    app: Celery
+    proc: subprocess.Popen[bytes]
+    log: Path
+    lease: float
+
+    def pid_of(self, key: str) -> int:
+        marks = wait_for(lambda: probe_of(self.app).marks(f"pid:{key}"), what=f"{key} to start")
+        return int(marks[-1])
+
+    def free_after(self, task: str, *args: Any, timeout: float) -> float:
+        """Seconds until the call's key is free, failing after ``timeout``."""
+        start = time.monotonic()
+        resource = self.app.tasks[task]
+        wait_for(lambda: not resource.is_locked(*args), timeout=timeout, what="the key")
+        return time.monotonic() - start
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def start_prefork(
+    redis_broker: RedisServer, masters: RedisGroup, tmp: Path, lease: float, concurrency: int = 3
+) -> PreforkWorker:
+    ns = uuid.uuid4().hex[:12]
+    env = {
+        **os.environ,
+        "REDLOCK_TEST_BROKER": redis_broker.url,
+        "REDLOCK_TEST_MASTERS": ",".join(masters.urls),
+        "REDLOCK_TEST_NS": ns,
+        "REDLOCK_TEST_LEASE": str(lease),
+        "PYTHONPATH": str(ROOT),
+    }
+    log = tmp / f"worker-{ns}.log"
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tests.prefork_app",
+        "worker",
+        "-P",
+        "prefork",
+        "-c",
+        str(concurrency),
+        "-l",
+        "INFO",
+        "-n",
+        f"w{ns}@%h",
+        "--without-mingle",
+        "--without-gossip",
+        "--without-heartbeat",
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    app = make_app(redis_broker.url, masters.urls, ns=ns, redlock_lease=lease)
+    worker = PreforkWorker(app, proc, log, lease)
+    try:
+        assert app.tasks["hold"].delay("ready", 0.0).get(timeout=TIMEOUT) == "ready"
+    except BaseException:
+        worker.stop()
+        print(log.read_text(errors="replace"))
+        raise
+    return worker
+
+
+@pytest.fixture(scope="module")
+def prefork(
+    redis_broker: RedisServer, lock_masters: RedisGroup, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PreforkWorker]:
+    """One worker for the module, with a long lease: a key freed well within it was freed
+    by the worker's main process, not by expiry."""
+    worker = start_prefork(redis_broker, lock_masters, tmp_path_factory.mktemp("prefork"), lease=20)
+    yield worker
+    worker.stop()
+    worker.app.close()
+
+
+def test_duplicates_across_pool_processes_never_overlap(prefork: PreforkWorker) -> None:
+    task = prefork.app.tasks["hold_skip"]
+    results = [task.delay("dup", 0.5) for _ in range(9)]
+    values = [r.get(timeout=TIMEOUT) for r in results]
+    ran = [v for v in values if v == "dup"]
+    assert len(ran) >= 1
+    assert len(ran) + sum(map(is_skipped, values)) == 9
+    assert_no_overlap(probe_of(prefork.app))
+
+
+def test_sigkill_of_the_child_frees_the_key_at_once(prefork: PreforkWorker) -> None:
+    result = prefork.app.tasks["long_run"].delay("kill", 60)
+    os.kill(prefork.pid_of("kill"), signal.SIGKILL)
+    # The main process notices a dead child within seconds (billiard checks every few);
+    # the lease, renewed every third of it, could not expire before two thirds of it.
+    assert prefork.free_after("long_run", "kill", timeout=prefork.lease) < prefork.lease * 0.6
+    with pytest.raises(WorkerLostError):
+        result.get(timeout=TIMEOUT)
+
+
+def test_revoke_terminate_frees_the_key_at_once(prefork: PreforkWorker) -> None:
+    result = prefork.app.tasks["long_run"].delay("revoke", 60)
+    prefork.pid_of("revoke")
+    result.revoke(terminate=True)
+    assert prefork.free_after("long_run", "revoke", timeout=prefork.lease) < prefork.lease / 2
+    wait_for(lambda: result.state == "REVOKED", what="the REVOKED state")
+
+
+def test_the_hard_time_limit_frees_the_key_at_once(prefork: PreforkWorker) -> None:
+    result = prefork.app.tasks["hard_limited"].delay("hard")  # time_limit=1.5
+    prefork.pid_of("hard")
+    assert prefork.free_after("hard_limited", "hard", timeout=prefork.lease) < prefork.lease / 2
+    with pytest.raises(TimeLimitExceeded):
+        result.get(timeout=TIMEOUT)
+
+
+def test_the_soft_time_limit_releases_in_the_child(prefork: PreforkWorker) -> None:
+    result = prefork.app.tasks["soft_limited"].delay("soft")  # soft_time_limit=1
+    with pytest.raises(Exception, match="SoftTimeLimitExceeded"):
+        result.get(timeout=TIMEOUT)
+    assert probe_of(prefork.app).marks("soft:soft") == ["SoftTimeLimitExceeded"]
+    assert not prefork.app.tasks["soft_limited"].is_locked("soft")
+
+
+def test_a_killed_worker_frees_the_key_within_a_lease(
+    redis_broker: RedisServer, lock_masters: RedisGroup, tmp_path: Path
+) -> None:
+    """Main process and children SIGKILLed together (a lost machine): nobody releases,
+    and the key comes free when its lease runs out."""
+    worker = start_prefork(redis_broker, lock_masters, tmp_path, lease=2, concurrency=1)
+    try:
+        worker.app.tasks["long_run"].delay("host", 60)
+        worker.pid_of("host")
+        os.killpg(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait()
+        assert worker.free_after("long_run", "host", timeout=3 * worker.lease) < 3 * worker.lease
+    finally:
+        worker.stop()
+        worker.app.close()
+
+
+def test_a_cold_shutdown_frees_the_key_at_once(
+    redis_broker: RedisServer, lock_masters: RedisGroup, tmp_path: Path
+) -> None:
+    """SIGQUIT: the worker terminates its running tasks and exits without waiting."""
+    worker = start_prefork(redis_broker, lock_masters, tmp_path, lease=20, concurrency=1)
+    try:
+        worker.app.tasks["long_run"].delay("cold", 60)
+        worker.pid_of("cold")
+        os.kill(worker.proc.pid, signal.SIGQUIT)
+        worker.proc.wait(TIMEOUT)
+        assert worker.free_after("long_run", "cold", timeout=worker.lease) < worker.lease / 2
+    finally:
+        worker.stop()
+        worker.app.close()
