@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -64,6 +65,7 @@ class Vote:
     outcome: Outcome
     pttl_ms: int | None = None
     error: str | None = None
+    owner: str | None = None
 
     def __str__(self) -> str:
         if self.outcome is Outcome.ERROR:
@@ -448,3 +450,14 @@ def inspect(resource: str, key: str, policy: Policy) -> Algorithm:
             votes=votes,
         )
     return tally.yes >= policy.quorum, tuple(votes)
+
+
+def holder(key: str) -> Algorithm:
+    """The owner text of the lock on ``key`` that a quorum of masters agrees on; returns
+    it, or None when the key is free, unowned, or no quorum agrees (a race, an outage)."""
+    votes = yield Round(Call(Verb.PEEK, key))
+    owners = Counter(v.owner for v in votes if v.outcome is Outcome.YES)
+    if not owners:
+        return None
+    owner, count = owners.most_common(1)[0]
+    return owner if owner and count >= quorum(len(votes)) else None

@@ -26,10 +26,12 @@ class Outcome(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A parsed reply: the outcome and, for refusals, the holder's remaining time (ms)."""
+    """A parsed reply: the outcome, for refusals the holder's remaining time (ms), and for
+    a peek the holder's owner text (never the token's secret part)."""
 
     outcome: Outcome
     pttl_ms: int | None = None
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,7 @@ class Verb(Enum):
     RELEASE = "release"
     UNDO = "undo"
     INSPECT = "inspect"
+    PEEK = "peek"
 
 
 _SCRIPTS = {
@@ -163,6 +166,8 @@ class Call:
         """The command as sent in the common case (EVALSHA, or PTTL for inspection)."""
         if self.verb is Verb.INSPECT:
             return ("PTTL", self.key)
+        if self.verb is Verb.PEEK:
+            return ("GET", self.key)
         return ("EVALSHA", _SCRIPTS[self.verb].sha, *self._keys_and_argv())
 
     def fallback(self) -> tuple[Any, ...]:
@@ -181,6 +186,10 @@ class Call:
         if self.verb is Verb.ACQUIRE:
             won, pttl = reply
             return Reply(_ACQUIRE_OUTCOMES[won], int(pttl) if won != 1 else None)
+        if self.verb is Verb.PEEK:
+            if reply is None:
+                return Reply(Outcome.NO)
+            return Reply(Outcome.YES, owner=bytes(reply).decode(errors="replace").partition(":")[2])
         if self.verb is Verb.INSPECT:
             # PTTL: -2 no key, -1 key without expiry (not ours, but it does block), else ms.
             held = int(reply) != -2

@@ -161,7 +161,7 @@ class _Driver:
         self._idle[i].append(conn)
         m._health[i].succeeded()
         parsed = call.parse(reply)
-        return Vote(name, parsed.outcome, parsed.pttl_ms)
+        return Vote(name, parsed.outcome, parsed.pttl_ms, owner=parsed.owner)
 
     async def _call_once_more_if_stale(self, conn: Any, call: Call, deadline: float) -> Any:
         """A connection that answered before may have outlived its master's restart: one
@@ -401,6 +401,11 @@ class AsyncRedlock(ManagerBase):
         key = self.settings.key(resource)
         held, _votes = await self._driver.run(_quorum.inspect(resource, key, self.policy))
         return bool(held)
+
+    async def holder(self, resource: str) -> str | None:
+        """The ``owner`` text of whoever holds ``resource``; see :meth:`Redlock.holder`."""
+        owner: str | None = await self._driver.run(_quorum.holder(self.settings.key(resource)))
+        return owner
 
     async def close(self) -> None:
         """Close every connection; waits for replies still in flight (bounded)."""

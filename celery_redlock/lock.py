@@ -320,7 +320,7 @@ class _Driver:
         link.proven = True
         self._m._health[i].succeeded()
         parsed = call.parse(reply)
-        return Vote(self._m._specs[i].name, parsed.outcome, parsed.pttl_ms)
+        return Vote(self._m._specs[i].name, parsed.outcome, parsed.pttl_ms, owner=parsed.owner)
 
     def _resend(self, i: int, link: _Link, command: Sequence[Any]) -> Vote | None:
         try:
@@ -635,6 +635,13 @@ class Redlock(ManagerBase):
         key = self.settings.key(resource)
         held, _votes = self._driver.run(_quorum.inspect(resource, key, self.policy))
         return bool(held)
+
+    def holder(self, resource: str) -> str | None:
+        """The ``owner`` text of whoever holds ``resource``, as a quorum of masters agrees;
+        None when it is free, held without an owner, or no quorum agrees (a race, an
+        outage). The token's secret part never leaves this call."""
+        owner: str | None = self._driver.run(_quorum.holder(self.settings.key(resource)))
+        return owner
 
     def close(self) -> None:
         """Close every connection this manager opened (in any thread)."""

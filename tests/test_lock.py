@@ -483,3 +483,18 @@ def test_a_hung_master_is_detected_even_when_every_round_settles_without_it(
         fresh5[0].resume()
     assert pairs > 10
     assert any("hangs" in v or "skipped" in v for v in votes_on_hung), votes_on_hung[-3:]
+
+
+def test_holder_names_the_owner_a_quorum_agrees_on(fresh3: RedisGroup) -> None:
+    with Redlock(fresh3.urls) as dlm:
+        assert dlm.holder("job") is None
+        lock = dlm.acquire("job", 10, owner="task-7@worker-2")
+        assert lock is not None
+        assert dlm.holder("job") == "task-7@worker-2"
+        assert lock.token.partition(":")[0] not in (dlm.holder("job") or "")
+        lock.release()
+        key = dlm.settings.key("job")
+        for server, owner in zip(fresh3, ["a", "b", "c"], strict=True):
+            with server.client() as client:
+                client.set(key, f"secret:{owner}", px=10_000)
+        assert dlm.holder("job") is None  # three owners, no quorum for any
