@@ -240,11 +240,14 @@ class HandleBase(Generic[M]):
         return max(0.01, min(left / 4, self._manager.settings.master_timeout * 2))
 
     def _mark_lost(self, error: LockLost) -> None:
+        """Record the loss and tell the holder: through ``on_lost`` if given (its owner
+        logs it with the context it has), else with an ERROR line of our own."""
         self._lost = error
-        logger.error("lock on %r lost: %s", self.resource, error)
         callback = self._renewal.on_lost if self._renewal else None
-        if callback is not None:
-            try:
-                callback(self, error)
-            except Exception:
-                logger.exception("on_lost callback for %r raised", self.resource)
+        if callback is None:
+            logger.error("lock on %r lost: %s", self.resource, error)
+            return
+        try:
+            callback(self, error)
+        except Exception:
+            logger.exception("on_lost callback for %r raised", self.resource)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import multiprocessing
 import os
 import threading
@@ -498,3 +499,15 @@ def test_holder_names_the_owner_a_quorum_agrees_on(fresh3: RedisGroup) -> None:
             with server.client() as client:
                 client.set(key, f"secret:{owner}", px=10_000)
         assert dlm.holder("job") is None  # three owners, no quorum for any
+
+
+def test_a_loss_nobody_listens_for_is_logged_at_error(
+    fresh3: RedisGroup, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="celery_redlock"), Redlock(fresh3.urls) as dlm:
+        lock = dlm.acquire("job", 0.9, auto_renew=True)
+        assert lock is not None
+        fresh3[0].kill()
+        fresh3[1].kill()
+        assert wait_for(lambda: lock.lost is not None, timeout=10)
+    assert "lock on 'job' lost" in caplog.text
