@@ -102,6 +102,7 @@ def _run_held(task: Any, hold: Hold, body: Callable[[], Any]) -> Any:
     holds[hold.task_id] = hold
     if hold.lock is not None:
         reaper.record(hold.task_id, hold.resource, hold.lock.token)
+        logger.debug("task %s[%s] holds %r", task.name, hold.task_id, hold.resource)
         signals.lock_acquired.send(
             sender=task, task_id=hold.task_id, resource=hold.resource, lock=hold.lock
         )
@@ -128,6 +129,9 @@ def finish(task: Any, hold: Hold) -> None:
         _start_window(dlm, hold, options.window)
     released = lock.release()
     reaper.forget(hold.task_id)
+    logger.debug(
+        "task %s[%s] released %r (quorum: %s)", task.name, hold.task_id, hold.resource, released
+    )
     signals.lock_released.send(
         sender=task, task_id=hold.task_id, resource=hold.resource, released=released
     )
