@@ -234,18 +234,21 @@ class _Driver:
     ) -> Vote | None:
         """Why master ``i`` gets no command this round (an ERROR vote), or None to send.
 
-        A master in its cool-down is skipped, except by clean-ups (not waited for): those
-        should reach a master whose only fault was missing the last round's deadline.
-        A master that still owes a reply older than the timeout is hung: it is failed now,
-        before our commands can pile up in its socket buffers.
+        Clean-ups (rounds not waited for) always go out, on the same connection as the
+        call they clean up after, so that the master runs them in that order even if it
+        is slow or was hung. Otherwise a master in its cool-down is skipped, and one that
+        still owes a reply older than the timeout is hung: it is failed now (its
+        connection closed), before our commands can pile up in its socket buffers.
         """
+        if not waited:
+            return None
         try:
             hung = link.overdue(now, timeout)
         except _IO_ERRORS as exc:
             return self._failed(i, link, exc)
         if hung:
             return self._failed(i, link, redis.TimeoutError("replies overdue: the master hangs"))
-        skip = self._m._health[i].skip_reason(now) if waited else None
+        skip = self._m._health[i].skip_reason(now)
         return None if skip is None else Vote(self._m._specs[i].name, Outcome.ERROR, error=skip)
 
     def _collect(
@@ -287,16 +290,18 @@ class _Driver:
                 del waiting[fd]
                 poller.unregister(fd)
         now = m.clock()
+        # Masters that did not answer keep their connection, owing the reply: a clean-up
+        # sent next goes behind the call on it, in order. A master that stays silent is
+        # found hung by the next round's overdue check, and only then disconnected.
         expired = now >= deadline
         for pos, i in waiting.values():
+            links[i].owe(now)
             if expired:
-                exc = redis.TimeoutError(
-                    f"no reply within {m.settings.master_timeout * 1000:.0f} ms"
-                )
-                votes[pos] = self._failed(i, links[i], exc)
+                error = f"TimeoutError: no reply within {m.settings.master_timeout * 1000:.0f} ms"
+                m._health[i].failed(now, error)
             else:
-                links[i].owe(now)
-                votes[pos] = Vote(m._specs[i].name, Outcome.ERROR, error="settled without it")
+                error = "settled without it"
+            votes[pos] = Vote(m._specs[i].name, Outcome.ERROR, error=error)
 
     def _read(self, i: int, link: _Link, call: Call) -> Vote | None:
         """Read what master ``i`` sent; a Vote, or None while its reply is still to come."""

@@ -311,7 +311,7 @@ def bad_master_url(kind: str, stack: list[Any], silent_port: int) -> str:
 
 
 #: What the vote of each kind of unusable master says. (A port that answers but is not
-#: Redis is a known bug: see tests/test_known_bugs.py.)
+#: Redis: see tests/test_regressions.py.)
 VOTE_ERRORS = {
     "replica": r"READONLY You can't write against a read only replica",
     "wrong password": r"AuthenticationError: invalid username-password pair",
@@ -326,8 +326,7 @@ def test_a_master_that_is_not_usable_is_an_error_vote_and_leaves_no_lock(
 ) -> None:
     """Two good masters and one bad one: the lock is still won (2 of 3). With one good
     master gone it is an outage whose message gives the bad master's cause, and the
-    remaining good master keeps no key (its release script is loaded by then: without it,
-    see the NOSCRIPT bug in test_known_bugs.py)."""
+    remaining good master keeps no key."""
     started: list[Any] = []
     try:
         bad = bad_master_url(kind, started, silent_port)

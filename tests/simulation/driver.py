@@ -16,7 +16,7 @@ operation, as ``driver.run`` does, with its own listener), :class:`Sleep` and
 Left out on purpose, as they only ever withhold votes (which the faults already do):
 the drivers' per-master cool-down after a failure, the sync driver's one resend on a
 connection that died with its master, and the NOSCRIPT fallback (simulated masters
-always know the scripts, so the bug in ``tests/test_known_bugs.py`` is not modelled).
+always know the scripts).
 """
 
 from __future__ import annotations
