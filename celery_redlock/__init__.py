@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from celery_redlock._quorum import Vote
+from celery_redlock._scripts import Outcome
 from celery_redlock.aio import AsyncLock, AsyncRedlock
 from celery_redlock.config import LockSettings
 from celery_redlock.exceptions import (
@@ -36,11 +38,13 @@ __all__ = [
     "LockLost",
     "LockNotAcquired",
     "LockSettings",
+    "Outcome",
     "QuorumUnavailable",
     "Redlock",
     "SingletonTask",
     "TaskLocked",
     "UnkeyableArgument",
+    "Vote",
     "install",
     "is_skipped",
 ]

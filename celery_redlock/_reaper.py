@@ -15,6 +15,7 @@ is not seen in time keeps its lock until its lease runs out, as without this mod
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -69,6 +70,8 @@ class Reaper:
         """In the main process at worker start, before the pool forks its children."""
         if self.directory is None:
             self.directory = Path(tempfile.mkdtemp(prefix="celery-redlock-held-"))
+            # A cold shutdown (SIGQUIT) sends no worker_shutdown: clean up at exit too.
+            atexit.register(self.disable)
         self.owner = os.getpid()
 
     def disable(self) -> None:

@@ -67,11 +67,9 @@ class LockSettings:
             )
         if not isinstance(key_prefix, str):
             raise ConfigurationError(f"key_prefix must be a string, got {key_prefix!r}")
-        object.__setattr__(self, "master_timeout", seconds(master_timeout, "master_timeout"))
+        object.__setattr__(self, "master_timeout", _bounded(master_timeout, "master_timeout"))
         object.__setattr__(self, "retry_count", retry_count)
-        object.__setattr__(
-            self, "retry_delay", seconds(retry_delay, "retry_delay", allow_zero=True)
-        )
+        object.__setattr__(self, "retry_delay", _bounded(retry_delay, "retry_delay", zero=True))
         object.__setattr__(self, "drift_factor", float(drift_factor))
         object.__setattr__(self, "key_prefix", key_prefix)
         guard = seconds(restart_guard, "restart_guard", allow_zero=True)
@@ -105,6 +103,21 @@ class LockSettings:
                 f"resource is {len(resource)} characters; at most {MAX_RESOURCE_LENGTH}"
             )
         return self.key_prefix + resource
+
+
+#: No per-master timeout or retry delay is this long on purpose: a larger value is almost
+#: certainly milliseconds carried over from another Redlock library.
+MAX_DELAY = 60.0
+
+
+def _bounded(value: Any, setting: str, *, zero: bool = False) -> float:
+    result = seconds(value, setting, allow_zero=zero)
+    if result > MAX_DELAY:
+        raise ConfigurationError(
+            f"{setting} is {result} seconds: durations here are seconds, not milliseconds"
+            f" (at most {MAX_DELAY:.0f})"
+        )
+    return result
 
 
 def timeout_seconds(value: Any) -> float | None:

@@ -157,3 +157,9 @@ def test_bad_renewal_options_are_refused() -> None:
         dlm.acquire("r", 10, auto_renew=True, renew_every=10)
     with pytest.raises(ConfigurationError, match="timeout"):
         dlm.acquire("r", 10, blocking=True, timeout=-1)
+
+
+@pytest.mark.parametrize("option", ["master_timeout", "retry_delay"])
+def test_milliseconds_carried_over_from_other_libraries_are_refused(option: str) -> None:
+    with pytest.raises(ConfigurationError, match="seconds, not milliseconds"):
+        Redlock(M3, **{option: 200})
