@@ -1,0 +1,67 @@
+"""The example project's configuration, read from environment variables.
+
+Every value has a default that points at the services of the repository's
+``docker-compose.yml`` (``broker``, ``redlock-1`` … ``redlock-5``), so the containers need
+no configuration; anywhere else, set the variables:
+
+======================== ========================================== =======================
+variable                 default                                    meaning
+======================== ========================================== =======================
+EXAMPLE_BROKER_URL       ``redis://broker:6379/0``                  Celery broker
+EXAMPLE_RESULT_BACKEND   the broker URL                             Celery result backend
+EXAMPLE_REDLOCK_MASTERS  ``redis://redlock-N:6379/0``, N = 1..5     the lock's masters,
+                                                                    comma separated
+EXAMPLE_REPORT_EVERY     unset: the report runs nightly at 02:00    seconds between two
+                                                                    nightly reports
+EXAMPLE_NAMESPACE        ``example``                                queue name, lock key
+                                                                    prefix and run log keys
+EXAMPLE_RUNLOG_URL       the broker URL                             Redis for the run log
+======================== ========================================== =======================
+
+The namespace keeps two deployments (or a demo run) on shared servers apart: each has its
+own queue, its own lock keys and its own run log.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_BROKER_URL", "DEFAULT_MASTERS", "Settings"]
+
+DEFAULT_BROKER_URL = "redis://broker:6379/0"
+#: Five independent masters: any two may be down and locks still work.
+DEFAULT_MASTERS = tuple(f"redis://redlock-{n}:6379/0" for n in range(1, 6))
+DEFAULT_NAMESPACE = "example"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The values the Celery app is built from (see the module docstring)."""
+
+    broker_url: str = DEFAULT_BROKER_URL
+    result_backend: str = DEFAULT_BROKER_URL
+    masters: tuple[str, ...] = DEFAULT_MASTERS
+    report_every: float | None = None
+    namespace: str = DEFAULT_NAMESPACE
+    runlog_url: str = DEFAULT_BROKER_URL
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        """Read the ``EXAMPLE_*`` variables; an empty variable counts as unset."""
+        broker = env.get("EXAMPLE_BROKER_URL") or DEFAULT_BROKER_URL
+        every = env.get("EXAMPLE_REPORT_EVERY")
+        return cls(
+            broker_url=broker,
+            result_backend=env.get("EXAMPLE_RESULT_BACKEND") or broker,
+            masters=split_urls(env.get("EXAMPLE_REDLOCK_MASTERS")) or DEFAULT_MASTERS,
+            report_every=float(every) if every else None,
+            namespace=env.get("EXAMPLE_NAMESPACE") or DEFAULT_NAMESPACE,
+            runlog_url=env.get("EXAMPLE_RUNLOG_URL") or broker,
+        )
+
+
+def split_urls(value: str | None) -> tuple[str, ...]:
+    """``"redis://a/0, redis://b/0"`` → both URLs (commas or spaces between them)."""
+    return tuple(part for part in (value or "").replace(",", " ").split() if part)
