@@ -32,7 +32,6 @@ import logging
 import math
 import multiprocessing
 import os
-import platform
 import random
 import secrets
 import sys
@@ -47,6 +46,7 @@ from typing import Any, ParamSpec, Protocol, TypeAlias
 import redis
 from redis.lock import Lock as RedisPyLockClass
 
+from benchmarks._common import available, host_line, version
 from celery_redlock import Redlock
 from celery_redlock.testing import FaultProxy, RedisGroup
 
@@ -704,21 +704,6 @@ def targets(results: Results) -> list[str]:
 # --- the machine, and main ---------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def machine(group: RedisGroup) -> str:
     """What the numbers were measured on, printed above the table (with the load average:
     on a shared 2-core machine, another busy process shows up in every cell)."""
@@ -726,10 +711,9 @@ def machine(group: RedisGroup) -> str:
         server = client.info("server")["redis_version"]
     hiredis = "yes" if redis.utils.HIREDIS_AVAILABLE else "no"
     return (
-        f"Machine: {_cpu_model()}, {os.cpu_count()} cores, Linux {platform.release()}; "
-        f"Python {platform.python_version()}; redis-py {redis.__version__} (hiredis: {hiredis}); "
-        f"redis-server {server} (local, loopback); pottery {_version('pottery')}, "
-        f"redlock-ng {_version('redlock-ng')}, celery_redlock {_version('celery_redlock')}."
+        f"{host_line()}; redis-py {redis.__version__} (hiredis: {hiredis}); "
+        f"redis-server {server} (local, loopback); pottery {version('pottery')}, "
+        f"redlock-ng {version('redlock-ng')}, celery_redlock {version('celery_redlock')}."
     )
 
 
@@ -745,15 +729,6 @@ def legend(budget: Budget, load: tuple[float, float]) -> str:
         f" timeout {MASTER_TIMEOUT * 1000:.0f} ms, TTL {TTL:.0f} s. 1-minute load average"
         f" {load[0]:.2f} at start, {load[1]:.2f} at end (the run itself adds about 1)."
     )
-
-
-def available(libs: Sequence[str]) -> list[str]:
-    """The rows whose library is installed (peers live only in the bench virtualenv)."""
-    return [
-        lib
-        for lib in libs
-        if LIBRARIES[lib].module is None or importlib.util.find_spec(str(LIBRARIES[lib].module))
-    ]
 
 
 def parse_args(argv: Sequence[str] | None) -> Budget:
@@ -772,7 +747,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     budget = parse_args(argv)
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["redis", "celery_redlock", "pottery", "redlock"])
-    libs = available(list(LIBRARIES))
+    libs = available(list(LIBRARIES), LIBRARIES)
     cols = columns()
     with RedisGroup(5) as group, contextlib.ExitStack() as stack:
         proxies = [

@@ -64,7 +64,6 @@ import importlib.metadata
 import importlib.util
 import math
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -79,6 +78,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import redis
 from celery import Celery
+
+from benchmarks._common import available, host_line, version
 
 if TYPE_CHECKING:
     from celery_redlock.testing import RedisServer
@@ -651,32 +652,16 @@ def _x(value: float | None) -> str:
 # --- the machine, and main ---------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def machine(broker: RedisServer) -> str:
     """What the numbers were measured on, printed above the table."""
     with broker.client() as client:
         server = client.info("server")["redis_version"]
     hiredis = "yes" if redis.utils.HIREDIS_AVAILABLE else "no"
     return (
-        f"Machine: {_cpu_model()}, {os.cpu_count()} cores, Linux {platform.release()}; "
-        f"Python {platform.python_version()}; Celery {_version('celery')}, kombu"
-        f" {_version('kombu')}; redis-py {redis.__version__} (hiredis: {hiredis}); redis-server"
-        f" {server} (local, loopback); celery_redlock {_version('celery_redlock')},"
-        f" celery-singleton {_version('celery-singleton')}, celery-once {_version('celery-once')}."
+        f"{host_line()}; Celery {version('celery')}, kombu"
+        f" {version('kombu')}; redis-py {redis.__version__} (hiredis: {hiredis}); redis-server"
+        f" {server} (local, loopback); celery_redlock {version('celery_redlock')},"
+        f" celery-singleton {version('celery-singleton')}, celery-once {version('celery-once')}."
     )
 
 
@@ -694,15 +679,6 @@ def legend(budget: Budget, passes: int, cores: Cores | None, load: tuple[float, 
         " and both peers lock the first of those masters. 1-minute load average"
         f" {load[0]:.2f} at start, {load[1]:.2f} at end."
     )
-
-
-def available(rows: Sequence[str]) -> list[str]:
-    """The rows whose library is installed (peers live only in the bench virtualenv)."""
-    return [
-        row
-        for row in rows
-        if ROWS[row].module is None or importlib.util.find_spec(str(ROWS[row].module))
-    ]
 
 
 def parse_args(argv: Sequence[str] | None) -> Budget:
@@ -723,7 +699,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from celery_redlock.testing import RedisGroup, RedisServer
 
     budget = parse_args(argv)
-    rows = available(list(ROWS))
+    rows = available(list(ROWS), ROWS)
     started = time.monotonic()
     cores = Cores.split()
     with RedisServer() as broker, RedisGroup(MASTERS) as masters:
