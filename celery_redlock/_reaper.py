@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -65,6 +64,9 @@ class Reaper:
         self.directory: Path | None = None
         self.owner = 0  # the main process's pid
         self._identity: str | None = None  # this child's start time, read once
+        self._fd: int | None = None  # this child's own record file, opened once
+        self._fd_pid = 0
+        self._current: str | None = None  # the task whose lock the file records
 
     @property
     def enabled(self) -> bool:
@@ -83,33 +85,55 @@ class Reaper:
             shutil.rmtree(self.directory, ignore_errors=True)
         self.directory = None
 
-    def _path(self, task_id: str, pid: int) -> Path:
+    def _file(self) -> int | None:
+        """This child's record file: one per process (pid and start time), opened at its
+        first lock and rewritten in place after that, so that a task costs two writes
+        rather than a file created and deleted."""
+        pid = os.getpid()
+        if self._fd is not None and self._fd_pid == pid:
+            return self._fd
         assert self.directory is not None
-        name = hashlib.sha256(task_id.encode()).hexdigest()[:24]
-        return self.directory / f"{name}.{pid}.json"
+        self._identity = _start_time(pid)
+        path = self.directory / f"child.{pid}.{self._identity}.json"
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError:
+            return None
+        self._fd_pid = pid
+        return self._fd
 
     def record(self, task_id: str, resource: str, token: str) -> None:
         """In a child: note the lock it now holds (a no-op outside prefork children)."""
         if not self.enabled or os.getpid() == self.owner:
             return
-        pid = os.getpid()
-        if self._identity is None:
-            self._identity = _start_time(pid)
+        fd = self._file()
+        if fd is None:
+            return
         entry = {
             "task_id": task_id,
             "resource": resource,
             "token": token,
-            "pid": pid,
+            "pid": os.getpid(),
             "started": self._identity,
         }
+        data = json.dumps(entry).encode()
         with contextlib.suppress(OSError):
-            self._path(task_id, pid).write_text(json.dumps(entry))
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+            self._current = task_id
 
     def forget(self, task_id: str) -> None:
-        """In a child: its lock is released (or about to be), nothing to reap."""
-        if self.enabled and os.getpid() != self.owner:
-            with contextlib.suppress(OSError):
-                self._path(task_id, os.getpid()).unlink()
+        """In a child: its lock is released (or about to be), nothing to reap.
+
+        A child records one lock at a time (a prefork child runs one task at a time; a
+        nested eager run replaces the record, and its outer lock falls back to its lease).
+        """
+        fd = self._fd
+        if fd is None or self._fd_pid != os.getpid() or self._current != task_id:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            self._current = None
 
     def reap(self, task_id: str, dlm: Redlock, patience: float) -> None:
         """In the main process: release ``task_id``'s lock once its child has exited,
@@ -117,8 +141,10 @@ class Reaper:
         if not self.enabled or os.getpid() != self.owner:
             return
         assert self.directory is not None
-        name = hashlib.sha256(task_id.encode()).hexdigest()[:24]
-        for path in self.directory.glob(f"{name}.*.json"):
+        for path in self.directory.glob("child.*.json"):
+            entry = _read(path)
+            if entry is None or entry.get("task_id") != task_id:
+                continue
             threading.Thread(
                 target=self._reap_one,
                 args=(path, dlm, patience),
