@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -83,7 +84,8 @@ def test_release_asks_first_then_frees_the_key(fresh3: RedisGroup) -> None:
     assert dlm.locked("stuck")
     done = run(app, "release", "stuck", "--yes")
     assert done.exit_code == 0, done.output
-    assert "on 3 of 3 masters" in done.output
+    # A lock is only promised on a quorum: the third master may not have set it yet.
+    assert re.search(r"on [23] of 3 masters", done.output), done.output
     assert not dlm.locked("stuck")
     assert run(app, "release", "stuck", "--yes").exit_code == EXIT_PROBLEM
 
