@@ -58,7 +58,7 @@ def test_list_shows_owner_and_time_left_but_never_the_secret(fresh3: RedisGroup)
 def test_force_release_frees_a_lock_whoever_holds_it(fresh3: RedisGroup) -> None:
     with Redlock(fresh3.urls) as dlm:
         assert dlm.acquire("stuck", 30) is not None
-        assert force_release(dlm, "stuck") == 3
+        assert force_release(dlm, "stuck") >= dlm.quorum  # the third may lag its SET
         assert not dlm.locked("stuck")
 
 
