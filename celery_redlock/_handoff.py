@@ -3,15 +3,12 @@ holder's ``AsyncResult``, and a skipped run to name the run it yielded to.
 
 Every lock the Celery layer takes names its task as the lock's ``owner`` (the core stores
 it after the token's random part), so the token a quorum of masters agree on tells whose
-lock it is. :func:`holder` asks the core, which reads the key on every master at once; it runs only
-on the duplicate path.
+lock it is. ``Redlock.holder`` reads it on every master at once; it runs only on the duplicate path.
 """
 
 from __future__ import annotations
 
-from celery_redlock.lock import Redlock
-
-__all__ = ["as_owner", "holder", "owner_of"]
+__all__ = ["as_owner", "owner_of"]
 
 #: The core's limit on owner text.
 _OWNER_MAX = 200
@@ -27,9 +24,3 @@ def as_owner(task_id: str | None) -> str | None:
 def owner_of(token: str | None) -> str | None:
     """The owner inside a token (``<random>:<owner>``), or None."""
     return (token or "").partition(":")[2] or None
-
-
-def holder(dlm: Redlock, resource: str) -> str | None:
-    """The owner of the lock on ``resource`` per a quorum of masters, or None (free, not
-    ours, or no quorum agrees: a race or an outage, which callers treat as unknown)."""
-    return dlm.holder(resource)

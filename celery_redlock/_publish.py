@@ -21,7 +21,7 @@ from celery.utils.time import subtract_datetimes
 
 from celery_redlock import signals
 from celery_redlock._appstate import state_of
-from celery_redlock._handoff import as_owner, holder
+from celery_redlock._handoff import as_owner
 from celery_redlock._run import HEADER_RESOURCE, HEADER_TOKEN, window_of
 from celery_redlock.exceptions import QuorumUnavailable
 from celery_redlock.lock import Lock, Redlock
@@ -101,7 +101,7 @@ def _claim(
     """
     lock_options: LockOptions = task.lock_options
     if lock_options.window:
-        last = holder(dlm, window_of(resource))
+        last = dlm.holder(window_of(resource))
         if last is not None:
             return None, last
     ttl = _queue_ttl(task, dlm, lock_options, options)
@@ -112,7 +112,7 @@ def _claim(
         lock = dlm.acquire(resource, ttl, owner=as_owner(options["task_id"]))
         if lock is not None:
             return lock, None
-        existing = holder(dlm, resource)
+        existing = dlm.holder(resource)
         if existing is not None:
             break
     return None, existing

@@ -18,7 +18,7 @@ from typing import Any
 
 from celery_redlock import signals
 from celery_redlock._appstate import state_of
-from celery_redlock._handoff import as_owner, holder, owner_of
+from celery_redlock._handoff import as_owner, owner_of
 from celery_redlock._reaper import reaper
 from celery_redlock.exceptions import LockLost, QuorumUnavailable
 from celery_redlock.lock import Lock, Redlock
@@ -213,9 +213,9 @@ def _window_open(dlm: Redlock, hold: Hold, lock: Lock) -> bool:
 
 def _duplicate(task: Any, dlm: Redlock, hold: Hold, options: LockOptions) -> Any:
     policy = options.on_duplicate
-    holder_id = holder(dlm, hold.resource)
+    holder_id = dlm.holder(hold.resource)
     if holder_id is None and options.window:
-        holder_id = holder(dlm, window_of(hold.resource))
+        holder_id = dlm.holder(window_of(hold.resource))
     signals.lock_duplicate.send(
         sender=task,
         task_id=hold.task_id,
