@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 
-from celery_redlock import Redlock
+import pytest
+
+from celery_redlock import QuorumUnavailable, Redlock
 from celery_redlock.testing import RedisGroup, RedisServer
 from tests.fakes import not_redis
 
@@ -65,10 +67,12 @@ def test_an_undo_reaches_a_master_that_lost_its_scripts(fresh3: RedisGroup) -> N
 
 
 def test_a_port_that_answers_but_is_not_redis_is_one_error_vote(fresh3: RedisGroup) -> None:
-    with not_redis() as port, Redlock([*fresh3.urls[:2], f"redis://127.0.0.1:{port}/0"]) as dlm:
-        lock = dlm.acquire("job", 10)  # two good masters of three: a quorum
-        assert lock is not None
-        assert "Protocol error" in str(lock.votes[2])
+    fresh3[1].kill()  # one good, one dead: the round must wait for the odd one's answer
+    urls = [*fresh3.urls[:2], "redis://127.0.0.1:{port}/0"]
+    with not_redis() as port, Redlock([u.format(port=port) for u in urls], retry_count=0) as dlm:
+        with pytest.raises(QuorumUnavailable) as err:
+            dlm.acquire("job", 10)
+        assert "Protocol error" in str(err.value.votes[2])
 
 
 def test_the_asyncio_driver_takes_a_non_redis_port_as_one_error_vote(
@@ -77,6 +81,7 @@ def test_the_asyncio_driver_takes_a_non_redis_port_as_one_error_vote(
     """Run in a child interpreter: the bug abandons connections and tasks, whose warnings
     would otherwise surface in whichever later test happens to collect them."""
     with not_redis() as port:
+        fresh3[1].kill()  # one good, one dead: the round must wait for the odd one's answer
         urls = [*fresh3.urls[:2], f"redis://127.0.0.1:{port}/0"]
         child = subprocess.run(
             [sys.executable, "-c", ASYNC_SCENARIO, json.dumps(urls)],
@@ -91,13 +96,14 @@ def test_the_asyncio_driver_takes_a_non_redis_port_as_one_error_vote(
 
 ASYNC_SCENARIO = """
 import asyncio, json, sys
-from celery_redlock import AsyncRedlock
+from celery_redlock import AsyncRedlock, QuorumUnavailable
 
 async def main():
-    async with AsyncRedlock(json.loads(sys.argv[1])) as dlm:
-        lock = await dlm.acquire("job", 10)
-        assert lock is not None
-        print(lock.votes[2])
+    async with AsyncRedlock(json.loads(sys.argv[1]), retry_count=0) as dlm:
+        try:
+            await dlm.acquire("job", 10)
+        except QuorumUnavailable as err:
+            print(err.votes[2])
 
 asyncio.run(main())
 """
