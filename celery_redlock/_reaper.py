@@ -2,8 +2,8 @@
 
 A pool child killed outright (hard time limit, ``revoke(terminate=True)``, SIGKILL, the
 OOM killer) cannot release its lock; its lease would free the key within one lease. To
-free it at once, a child records ``(task id, resource, token)`` in a small file while it
-holds the lock, and removes it when it releases. When Celery tells the main process that
+free it at once, a child records ``(task id, resource, token)`` in a small file of its own
+while it holds the lock, and clears it when it releases. When Celery tells the main process that
 a task was terminated, timed out or lost its worker, the main process waits until that
 child has exited and releases with the recorded token.
 
@@ -19,13 +19,13 @@ import atexit
 import contextlib
 import json
 import logging
+import mmap
 import os
 import shutil
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from celery_redlock.lock import Redlock
 
@@ -39,6 +39,9 @@ logger = logging.getLogger("celery_redlock")
 
 #: How often the main process looks whether a killed child has exited.
 _EXIT_POLL = 0.02
+
+#: A child's record file starts this big (bytes) and doubles when a record needs more.
+_RECORD_SIZE = 4096
 
 
 def _start_time(pid: int) -> str | None:
@@ -58,15 +61,21 @@ def _start_time(pid: int) -> str | None:
 
 
 class Reaper:
-    """The registry of held locks shared by a prefork worker's main process and children."""
+    """The registry of held locks shared by a prefork worker's main process and children.
+
+    A child's record lives in a small file it maps into memory (``mmap``, shared): writing
+    or clearing it is a memory copy, not a system call, so a task pays next to nothing for
+    it. The main process reads the file as any file; the kernel's page cache is one copy.
+    """
 
     def __init__(self) -> None:
         self.directory: Path | None = None
         self.owner = 0  # the main process's pid
+        self._child = False  # set after fork in a pool child of an enabled reaper
         self._identity: str | None = None  # this child's start time, read once
-        self._fd: int | None = None  # this child's own record file, opened once
-        self._fd_pid = 0
-        self._current: str | None = None  # the task whose lock the file records
+        self._map: mmap.mmap | None = None  # this child's record, mapped once
+        self._current: str | None = None  # the task whose lock the record holds
+        os.register_at_fork(after_in_child=self._after_fork)
 
     @property
     def enabled(self) -> bool:
@@ -85,42 +94,49 @@ class Reaper:
             shutil.rmtree(self.directory, ignore_errors=True)
         self.directory = None
 
-    def _file(self) -> int | None:
-        """This child's record file: one per process (pid and start time), opened at its
-        first lock and rewritten in place after that, so that a task costs two writes
-        rather than a file created and deleted."""
-        pid = os.getpid()
-        if self._fd is not None and self._fd_pid == pid:
-            return self._fd
+    def _after_fork(self) -> None:
+        self._child = self.enabled
+        self._map = None  # the parent's mapping, if any, is not this child's record
+        self._current = None
+
+    def _record_map(self, size: int) -> mmap.mmap | None:
+        """This child's record, mapped at its first lock (one file per process: pid and
+        start time), and grown when a record would not fit."""
+        if self._map is not None and len(self._map) >= size:
+            return self._map
         assert self.directory is not None
-        self._identity = _start_time(pid)
+        pid = os.getpid()
+        if self._identity is None or self._map is None:
+            self._identity = _start_time(pid)
         path = self.directory / f"child.{pid}.{self._identity}.json"
+        length = max(_RECORD_SIZE, 1 << (size - 1).bit_length())
         try:
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        except OSError:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                os.ftruncate(fd, length)
+                mapped = mmap.mmap(fd, length)
+            finally:
+                os.close(fd)
+        except (OSError, ValueError):
             return None
-        self._fd_pid = pid
-        return self._fd
+        if self._map is not None:
+            self._map.close()
+        self._map = mapped
+        return mapped
 
     def record(self, task_id: str, resource: str, token: str) -> None:
         """In a child: note the lock it now holds (a no-op outside prefork children)."""
-        if not self.enabled or os.getpid() == self.owner:
+        if not self._child:
             return
-        fd = self._file()
-        if fd is None:
-            return
-        entry = {
-            "task_id": task_id,
-            "resource": resource,
-            "token": token,
-            "pid": os.getpid(),
-            "started": self._identity,
-        }
+        entry = {"task_id": task_id, "resource": resource, "token": token}
         data = json.dumps(entry).encode()
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, data, 0)
-            self._current = task_id
+        mapped = self._record_map(len(data) + 1)
+        if mapped is None:
+            return
+        # The first byte goes in last: the record is either whole or reads as empty.
+        mapped[1 : len(data) + 1] = data[1:] + b"\0"
+        mapped[0:1] = data[:1]
+        self._current = task_id
 
     def forget(self, task_id: str) -> None:
         """In a child: its lock is released (or about to be), nothing to reap.
@@ -128,12 +144,10 @@ class Reaper:
         A child records one lock at a time (a prefork child runs one task at a time; a
         nested eager run replaces the record, and its outer lock falls back to its lease).
         """
-        fd = self._fd
-        if fd is None or self._fd_pid != os.getpid() or self._current != task_id:
+        if self._current != task_id or self._map is None:
             return
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            self._current = None
+        self._map[0:1] = b"\0"
+        self._current = None
 
     def reap(self, task_id: str, dlm: Redlock, patience: float) -> None:
         """In the main process: release ``task_id``'s lock once its child has exited,
@@ -162,14 +176,23 @@ class Reaper:
             self._reap_one(path, dlm, patience=0)
 
     def _reap_one(self, path: Path, dlm: Redlock, patience: float) -> None:
-        entry = _read(path)
-        if entry is None or entry.get("started") is None:
+        child = _child_of(path)
+        if child is None:
             return  # without the child's identity we cannot tell that it exited
+        pid, started = child
         deadline = time.monotonic() + patience
-        while _start_time(entry["pid"]) == entry["started"]:
+        while _start_time(pid) == started:
             if time.monotonic() >= deadline:
                 return  # still running: its own release or its lease will free the key
             time.sleep(_EXIT_POLL)
+        entry = _read(path)  # read again now that the child is gone: what it held last
+        if entry is not None:
+            self._release(entry, pid, dlm)
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+    @staticmethod
+    def _release(entry: dict[str, str], pid: int, dlm: Redlock) -> None:
         try:
             released = dlm.release(entry["resource"], entry["token"])
         except Exception as exc:  # an outage: the lease will free it
@@ -177,23 +200,37 @@ class Reaper:
                 "releasing %r after its worker exited failed: %s", entry["resource"], exc
             )
             return
-        with contextlib.suppress(OSError):
-            path.unlink()
         if released:
             logger.info(
                 "released %r held by task %s after its pool process %d exited",
                 entry["resource"],
                 entry["task_id"],
-                entry["pid"],
+                pid,
             )
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+def _child_of(path: Path) -> tuple[int, str] | None:
+    """The pid and start time a record file is named after (``child.PID.START.json``)."""
+    parts = path.name.split(".")
+    if len(parts) != 4 or not parts[1].isdigit() or parts[2] == "None":
+        return None
+    return int(parts[1]), parts[2]
+
+
+def _read(path: Path) -> dict[str, str] | None:
+    """A child's record; None when it holds nothing (or the file is gone or torn)."""
     try:
-        entry = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # gone already, or the child died while writing it
-    if not isinstance(entry, dict) or not {"resource", "token", "pid"} <= entry.keys():
+        data = path.read_bytes()
+    except OSError:
+        return None
+    end = data.find(b"\0")
+    try:
+        entry = json.loads(data[: end if end >= 0 else len(data)])
+    except ValueError:
+        return None  # empty, or the child died while writing it
+    if not isinstance(entry, dict) or not {"task_id", "resource", "token"} <= entry.keys():
+        return None
+    if not all(isinstance(entry[k], str) for k in ("task_id", "resource", "token")):
         return None
     return entry
 

@@ -499,15 +499,23 @@ class _Watchdog:
 
     A heap of due times rather than a thread per lock (Redisson's design): a worker holding
     many locks costs one idle thread. The thread exits when it has nothing to do.
+
+    A lock taken per task must not cost a thread switch per task: ``add`` wakes the thread
+    only when the new lock falls due before the moment the thread already means to look
+    again (``_wake_at``). Waking it whenever its heap happened to be empty would, with one
+    short task after another, wake it for every lock, only to find the lock of the task
+    before released, drop it and sleep again: a GIL hand-off per task.
     """
 
     IDLE_EXIT = 5.0
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, Lock]] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
+        self._wake_at = -math.inf  # when the thread looks at the heap next (-inf: busy)
         self._generation = _generation
 
     def add(self, lock: Lock, due: float) -> None:
@@ -515,17 +523,16 @@ class _Watchdog:
             if self._generation != _generation:  # forked: the parent's locks are not ours
                 self._heap.clear()
                 self._thread = None
+                self._wake_at = -math.inf
                 self._generation = _generation
-            # Wake the thread only when this lock is due before everything it waits for:
-            # a worker taking a lock per task must not pay a thread switch per task.
-            sooner = not self._heap or due < self._heap[0][0]
             heapq.heappush(self._heap, (due, next(self._seq), lock))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._loop, name="celery-redlock-renewal", daemon=True
                 )
                 self._thread.start()
-            elif sooner:
+            elif due < self._wake_at:
+                self._wake_at = due
                 self._cond.notify()
 
     def _loop(self) -> None:
@@ -537,25 +544,29 @@ class _Watchdog:
                     return
             delay = lock._renew()
             if delay is not None:
-                self.add(lock, lock._manager.clock() + delay)
+                self.add(lock, self._clock() + delay)
 
     def _next_due(self) -> Lock | None:
+        """The next lock to renew, waiting until it is due; None after IDLE_EXIT idle."""
         idle_since = time.monotonic()
-        while True:
-            if not self._heap:
-                if time.monotonic() - idle_since >= self.IDLE_EXIT:
-                    return None
-                self._cond.wait(self.IDLE_EXIT)
-                continue
-            due, _seq, lock = self._heap[0]
-            if lock._released or lock._lost is not None:
-                heapq.heappop(self._heap)  # nothing to renew: drop it without waiting
-                continue
-            wait = due - lock._manager.clock()
-            if wait <= 0:
-                heapq.heappop(self._heap)
-                return lock
-            self._cond.wait(wait)
+        try:
+            while True:
+                heap = self._heap
+                while heap and (heap[0][2]._released or heap[0][2]._lost is not None):
+                    heapq.heappop(heap)  # nothing to renew: drop it without waiting
+                now = self._clock()
+                if heap:
+                    if heap[0][0] <= now:
+                        return heapq.heappop(heap)[2]
+                    wait = heap[0][0] - now
+                else:
+                    wait = idle_since + self.IDLE_EXIT - time.monotonic()
+                    if wait <= 0:
+                        return None
+                self._wake_at = now + wait
+                self._cond.wait(wait)
+        finally:
+            self._wake_at = -math.inf  # renewing or gone: it looks at the heap when done
 
 
 class Redlock(ManagerBase):
@@ -571,7 +582,7 @@ class Redlock(ManagerBase):
     def __init__(self, masters: Sequence[Any], **options: Any) -> None:
         super().__init__(masters, **options)
         self._driver = _Driver(self)
-        self._watchdog = _Watchdog()
+        self._watchdog = _Watchdog(self.clock)
 
     def acquire(
         self,

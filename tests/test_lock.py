@@ -286,6 +286,40 @@ def test_auto_renewal_keeps_a_lock_past_its_ttl(dlm: Redlock, resource: str) -> 
     assert not dlm.locked(resource)
 
 
+class _CountingCondition(threading.Condition):
+    """A Condition that counts its notify() calls: how often the renewal thread is woken."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.notified = 0
+
+    def notify(self, n: int = 1) -> None:
+        self.notified += 1
+        super().notify(n)
+
+
+def test_a_lock_per_task_does_not_wake_the_renewal_thread_each_time(
+    dlm: Redlock, resource: str
+) -> None:
+    """One short auto-renewed lock after another (a worker's tasks) must not cost a thread
+    wake-up each: the renewal thread only needs waking for a lock due sooner than it
+    means to look anyway. It once was woken for every lock (a GIL hand-off per task)."""
+    counting = _CountingCondition()
+    dlm._watchdog._cond = counting
+    for i in range(30):
+        lock = dlm.acquire(f"{resource}:{i}", 30, auto_renew=True)
+        assert lock is not None
+        assert lock.release()
+    assert counting.notified <= 1
+    # A lock due sooner than everything else still wakes it, and is renewed in time.
+    lock = dlm.acquire(resource, 0.6, auto_renew=True)
+    assert lock is not None
+    assert counting.notified >= 1
+    time.sleep(1.2)
+    assert lock.valid
+    assert lock.release()
+
+
 def test_renewal_stops_at_max_hold(dlm: Redlock, resource: str) -> None:
     lock = dlm.acquire(resource, 0.6, auto_renew=True, max_hold=1.0)
     assert lock is not None
