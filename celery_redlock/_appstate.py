@@ -39,6 +39,9 @@ class AppState:
 
     @property
     def manager(self) -> Redlock:
+        manager = self._manager
+        if manager is not None:  # every run asks: no mutex once it exists
+            return manager
         config = self.config
         with self._mutex:
             if self._manager is None:

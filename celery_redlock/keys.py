@@ -147,6 +147,24 @@ class KeySpec:
     signature: inspect.Signature
     names: tuple[str, ...] | None = None
     function: KeyFunction | None = None
+    #: For a signature of plain named parameters (the usual task), its parameter names in
+    #: order, their defaults and their JSON spellings, so that binding a call is a loop
+    #: rather than inspect's general machinery (every task run keys its call). None
+    #: otherwise (``*args``, ``**kwargs``, positional-only): inspect binds those.
+    _plain: tuple[str, ...] | None = dataclasses.field(init=False, repr=False, compare=False)
+    _defaults: Mapping[str, Any] = dataclasses.field(init=False, repr=False, compare=False)
+    _labels: Mapping[str, str] = dataclasses.field(init=False, repr=False, compare=False)
+    _positional: int = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        params = self.signature.parameters.values()
+        plain = all(p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params)
+        object.__setattr__(self, "_plain", tuple(p.name for p in params) if plain else None)
+        positional = sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+        object.__setattr__(self, "_positional", positional)
+        defaults = {p.name: p.default for p in params if p.default is not p.empty}
+        object.__setattr__(self, "_defaults", defaults)
+        object.__setattr__(self, "_labels", {p.name: json.dumps(p.name) for p in params})
 
     @classmethod
     def parse(cls, task: str, signature: inspect.Signature, lock_key: Any) -> KeySpec:
@@ -180,8 +198,10 @@ class KeySpec:
         arguments = self.bind(args, kwargs)
         if self.names is not None:
             arguments = {n: arguments[n] for n in self.names if n in arguments}
+        labels = self._labels
         parts = sorted(
-            f"{json.dumps(name)}:{self._canonical(name, v)}" for name, v in arguments.items()
+            f"{labels.get(name) or json.dumps(name)}:{self._canonical(name, v)}"
+            for name, v in arguments.items()
         )
         return f"{self.task}:{digest('{' + ','.join(parts) + '}')}"
 
@@ -198,6 +218,10 @@ class KeySpec:
     def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """Arguments by parameter name, defaults applied. When keying on names, ``**kwargs``
         entries are flattened in, so a name passed through them can be keyed on."""
+        if self._plain is not None:
+            arguments = self._bind_plain(self._plain, args, kwargs)
+            if arguments is not None:
+                return arguments
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -209,6 +233,27 @@ class KeySpec:
                 if param.kind is param.VAR_KEYWORD:
                     arguments.update(arguments.pop(param.name))
         return arguments
+
+    def _bind_plain(
+        self, names: tuple[str, ...], args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """:meth:`bind` for plain named parameters; None when the call does not fit (too
+        many, missing, unknown or doubled arguments), for inspect to raise the error."""
+        if len(args) > self._positional:
+            return None
+        arguments: dict[str, Any] = {}
+        used = 0
+        for i, name in enumerate(names):
+            if i < len(args):
+                arguments[name] = args[i]
+            elif name in kwargs:
+                arguments[name] = kwargs[name]
+                used += 1
+            elif name in self._defaults:
+                arguments[name] = self._defaults[name]
+            else:
+                return None
+        return arguments if used == len(kwargs) else None
 
     def _from_function(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
         assert self.function is not None

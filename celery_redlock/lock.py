@@ -25,6 +25,8 @@ import itertools
 import math
 import os
 import select
+import socket
+import ssl
 import threading
 import time
 import weakref
@@ -35,7 +37,7 @@ from typing import Any
 import redis
 from redis.exceptions import InvalidResponse, ResponseError
 
-from celery_redlock import _quorum
+from celery_redlock import _quorum, _resp
 from celery_redlock._base import HandleBase, ManagerBase, Seconds, logger
 from celery_redlock._masters import MasterSpec
 from celery_redlock._quorum import Listen, Round, Vote
@@ -46,6 +48,12 @@ __all__ = ["Lock", "Redlock"]
 
 #: Failures that mean "this master did not answer", as opposed to an error reply.
 _IO_ERRORS = (redis.ConnectionError, redis.TimeoutError, InvalidResponse, OSError)
+
+#: A non-blocking socket's "not now" (a TLS socket may want to read in order to write).
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+#: Bytes asked of the socket per read: every reply the driver expects fits many times.
+_CHUNK = 65536
 
 # Bumped in a forked child: connections inherited from the parent must never be used
 # (their sockets are the parent's), so every cache below checks it.
@@ -63,21 +71,43 @@ os.register_at_fork(after_in_child=_after_fork)
 class _Link:
     """One connection to one master, used by one thread.
 
+    The socket is non-blocking once connected (the handshake, TLS included, is redis-py's,
+    bounded by the timeout): the driver polls every master's socket at once, so a
+    per-socket timeout would only make Python poll again before each send and receive.
+    Replies are parsed from what the driver reads (:mod:`celery_redlock._resp`).
+
     ``owed`` counts replies still due for commands whose round settled without them, and
     ``owed_since`` is when the oldest of them was sent: a master that owes a reply for
     longer than the per-master timeout is hung, even if every round settled without it.
     """
 
-    __slots__ = ("__weakref__", "conn", "owed", "owed_since", "proven")
+    __slots__ = (
+        "__weakref__",
+        "conn",
+        "owed",
+        "owed_since",
+        "proven",
+        "reader",
+        "sock",
+        "timeout",
+    )
 
     def __init__(self, spec: MasterSpec, timeout: float) -> None:
         self.conn: Any = spec.connection_class(**spec.connect_kwargs(timeout))
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+        self.reader = _resp.new_reader()
         self.owed = 0
         self.owed_since = 0.0
         self.proven = False  # answered before: a failure may just mean the master restarted
 
-    def pack(self, command: Sequence[Any]) -> bytes:
-        return b"".join(self.conn.pack_command(*command))
+    def _open(self) -> socket.socket:
+        self.conn.connect()
+        sock: socket.socket = self.conn._sock
+        sock.setblocking(False)
+        self.sock = sock
+        self.reader = _resp.new_reader()
+        return sock
 
     def send(self, data: bytes) -> None:
         """Send, reconnecting once if a connection that worked before turns out dead (its
@@ -91,28 +121,62 @@ class _Link:
             self._send(data)
 
     def _send(self, data: bytes) -> None:
-        # Straight to the socket: redis-py's send path re-checks health and loops over
-        # chunks, which at five masters and two rounds per lock is time we can keep.
-        if self.conn._sock is None:
-            self.conn.connect()
+        sock = self.sock or self._open()
         try:
-            self.conn._sock.sendall(data)
+            sent = sock.send(data)
+        except _WOULD_BLOCK:
+            sent = 0
         except OSError as exc:
-            self.conn.disconnect()
-            raise redis.ConnectionError(f"error while writing: {exc}") from exc
+            raise self._broken("writing", exc) from exc
+        if sent < len(data):
+            self._send_rest(sock, memoryview(data)[sent:])
 
-    def read(self) -> Any:
-        """One reply from the parser; an error reply is raised as its ResponseError."""
-        try:
-            reply = self.conn._parser.read_response(disable_decoding=False)
-        except (OSError, redis.RedisError) as exc:
-            self.conn.disconnect()
-            if isinstance(exc, redis.RedisError):
-                raise
-            raise redis.ConnectionError(f"error while reading: {exc}") from exc
-        if isinstance(reply, ResponseError):
-            raise reply
-        return reply
+    def _send_rest(self, sock: socket.socket, rest: memoryview) -> None:
+        """The socket's buffer is full (a slow master): wait for room, up to the timeout."""
+        deadline = time.monotonic() + self.timeout
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLOUT)
+        while rest:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(math.ceil(left * 1000)):
+                self.conn.disconnect()
+                self.sock = None
+                raise redis.TimeoutError("timed out while writing")
+            try:
+                rest = rest[sock.send(rest) :]
+            except _WOULD_BLOCK:
+                continue
+            except OSError as exc:
+                raise self._broken("writing", exc) from exc
+
+    def take(self) -> Any:
+        """The next reply if it is all here, reading what the socket holds without waiting;
+        else ``INCOMPLETE``. An error reply is returned (a ResponseError), not raised."""
+        reply = self.reader.gets()
+        if reply is not _resp.INCOMPLETE:
+            return reply
+        sock = self.sock
+        if sock is None:
+            raise redis.ConnectionError("not connected")
+        while True:
+            try:
+                data = sock.recv(_CHUNK)
+            except _WOULD_BLOCK:
+                return _resp.INCOMPLETE
+            except OSError as exc:
+                raise self._broken("reading", exc) from exc
+            if not data:
+                raise self._broken("reading", ConnectionResetError("closed by the master"))
+            self.reader.feed(data)
+            reply = self.reader.gets()
+            if reply is not _resp.INCOMPLETE:
+                return reply
+            # Loop: a TLS socket can hold decrypted bytes that poll would not report.
+
+    def _broken(self, doing: str, exc: OSError) -> redis.ConnectionError:
+        self.conn.disconnect()
+        self.sock = None
+        return redis.ConnectionError(f"error while {doing}: {exc}")
 
     def owe(self, now: float) -> None:
         if not self.owed:
@@ -124,26 +188,17 @@ class _Link:
         that did arrive are read and dropped first)."""
         if not self.owed or now - self.owed_since <= timeout:
             return False  # nothing owed, or not for long: the next read drains it in order
-        while self.owed and self.ready():
-            with contextlib.suppress(ResponseError):
-                self.read()
+        while self.owed and self.take() is not _resp.INCOMPLETE:
             self.owed -= 1
             self.owed_since = now  # what is still owed was sent no earlier than this
         return bool(self.owed) and now - self.owed_since > timeout
 
     def fileno(self) -> int | None:
-        sock = self.conn._sock
-        return None if sock is None else int(sock.fileno())
-
-    def ready(self) -> bool:
-        """Whether a reply is already buffered (poll would not report it)."""
-        sock = self.conn._sock
-        if sock is None:
-            return False
-        return bool(getattr(sock, "pending", lambda: 0)()) or bool(self.conn.can_read(0))
+        return None if self.sock is None else self.sock.fileno()
 
     def reset(self) -> None:
         self.conn.disconnect()
+        self.sock = None
         self.owed = 0
         self.proven = False
 
@@ -203,7 +258,7 @@ class _Driver:
         # The same bytes for every master. A round nobody waits for carries the script's
         # source: its replies are drained unread, so a NOSCRIPT could not be answered.
         call = rnd.call
-        packed = links[0].pack(call.command() if rnd.wait else call.fallback())
+        packed = _resp.pack(call.command() if rnd.wait else call.fallback())
         for pos, i in enumerate(targets):
             vote = self._unusable(i, links[i], now, timeout, rnd.wait)
             if vote is None:
@@ -306,30 +361,37 @@ class _Driver:
     def _read(self, i: int, link: _Link, call: Call) -> Vote | None:
         """Read what master ``i`` sent; a Vote, or None while its reply is still to come."""
         try:
-            while link.owed:
-                with contextlib.suppress(ResponseError):
-                    link.read()
-                link.owed -= 1
-                if not link.ready():
+            while True:
+                reply = link.take()
+                if reply is _resp.INCOMPLETE:
                     return None
-            reply = link.read()
-        except ResponseError as exc:
-            if not is_noscript(exc):
-                return Vote(self._m._specs[i].name, Outcome.ERROR, error=_describe(exc))
-            return self._resend(i, link, call.fallback())
+                if not link.owed:
+                    break
+                link.owed -= 1  # the answer to a round that settled without it
         except _IO_ERRORS as exc:
             if not link.proven or link.owed:
                 return self._failed(i, link, exc)
             link.reset()  # the master restarted since our last use: ask once more
             return self._resend(i, link, call.command())
+        if isinstance(reply, ResponseError) and is_noscript(reply):
+            return self._resend(i, link, call.fallback())
+        return self._vote(i, link, call, reply)
+
+    def _vote(self, i: int, link: _Link, call: Call, reply: Any) -> Vote:
+        name = self._m._specs[i].name
+        if isinstance(reply, ResponseError):
+            return Vote(name, Outcome.ERROR, error=_describe(reply))
         link.proven = True
         self._m._health[i].succeeded()
-        parsed = call.parse(reply)
-        return Vote(self._m._specs[i].name, parsed.outcome, parsed.pttl_ms, owner=parsed.owner)
+        try:
+            parsed = call.parse(reply)
+        except (TypeError, ValueError, KeyError) as exc:
+            return Vote(name, Outcome.ERROR, error=f"unexpected reply {reply!r}: {exc}")
+        return Vote(name, parsed.outcome, parsed.pttl_ms, owner=parsed.owner)
 
     def _resend(self, i: int, link: _Link, command: Sequence[Any]) -> Vote | None:
         try:
-            link.send(link.pack(command))
+            link.send(_resp.pack(command))
         except _IO_ERRORS as exc:
             return self._failed(i, link, exc)
         return None

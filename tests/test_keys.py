@@ -277,3 +277,47 @@ def test_the_publisher_and_the_worker_compute_the_same_key(value: Any) -> None:
     loads: Callable[..., Any] = kombu_json.loads
     arrived = loads(dumps([value]))[0]
     assert canonical(arrived) == canonical(value)
+
+
+def g(customer_id: Any, full: Any = False, *, region: Any = "eu") -> None:
+    """A plain task signature: named parameters only (bound without inspect)."""
+
+
+def test_keys_are_stable_across_versions() -> None:
+    """Keys live in Redis while workers of two versions run side by side (a rolling
+    upgrade): a change of spelling would let both versions run the same call at once."""
+    spec = KeySpec.parse("proj.sync_customer", inspect.signature(g), None)
+    assert spec.resource((42,), {}) == "proj.sync_customer:36273f3b72bec6ecac76b47b4d3221d1"
+    assert spec.resource((), {"customer_id": 42, "full": True}) == (
+        "proj.sync_customer:b7c2969b277645007af2c086ad199c27"
+    )
+    assert key(["a", "x"], 1, x="y") == "proj.f:a3628ab442b434099c63aa2b3a71e23c"
+
+
+CALLS: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+    ((1,), {}),
+    ((1, True), {}),
+    ((), {"customer_id": 1}),
+    ((1,), {"region": "us"}),
+    ((1,), {"full": 1, "region": "us"}),
+    ((1, 2, 3), {}),  # too many positionals
+    ((), {}),  # missing customer_id
+    ((1,), {"customer_id": 2}),  # given twice
+    ((1,), {"nope": 2}),  # unknown
+    ((1, False), {"region": "us", "full": True}),  # full given twice
+]
+
+
+@pytest.mark.parametrize(("args", "kwargs"), CALLS)
+def test_the_plain_binder_agrees_with_inspect(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    spec = KeySpec.parse("proj.sync_customer", inspect.signature(g), None)
+    try:
+        bound = inspect.signature(g).bind(*args, **kwargs)
+    except TypeError:
+        with pytest.raises(TypeError, match=r"proj\.sync_customer called with bad arguments"):
+            spec.bind(args, kwargs)
+        return
+    bound.apply_defaults()
+    assert spec.bind(args, kwargs) == dict(bound.arguments)

@@ -1,0 +1,116 @@
+"""The sync driver's wire format: packing commands, and the pure-Python reply reader used
+when hiredis is not installed (checked against hiredis's on the same bytes), then the whole
+driver on the pure reader against real masters."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import hiredis
+import pytest
+import redis
+from redis.exceptions import InvalidResponse, ResponseError
+
+from celery_redlock import Redlock, _resp
+from celery_redlock._resp import INCOMPLETE, PyReader, pack
+from celery_redlock.testing import RedisGroup
+
+REPLIES = [
+    b"+OK\r\n",
+    b"-NOSCRIPT No matching script. Please use EVAL.\r\n",
+    b":0\r\n",
+    b":-2\r\n",
+    b"$5\r\nab\r\nc\r\n",  # a bulk string may hold CRLF
+    b"$0\r\n\r\n",
+    b"$-1\r\n",
+    b"*-1\r\n",
+    b"*0\r\n",
+    b"*2\r\n:1\r\n:29999\r\n",
+    b"*3\r\n$3\r\nfoo\r\n*2\r\n:1\r\n$-1\r\n-ERR inner\r\n",
+    b"_\r\n",
+    b"#t\r\n",
+    b"#f\r\n",
+    b",1.5\r\n",
+]
+
+
+def _normal(reply: Any) -> Any:
+    """Error replies compared by type and text (instances never compare equal)."""
+    if isinstance(reply, ResponseError):
+        return ("error", str(reply))
+    if isinstance(reply, list):
+        return [_normal(r) for r in reply]
+    return reply
+
+
+def _hiredis() -> Any:
+    return hiredis.Reader(
+        protocolError=InvalidResponse, replyError=ResponseError, notEnoughData=INCOMPLETE
+    )
+
+
+@pytest.mark.parametrize("data", REPLIES)
+def test_the_pure_reader_agrees_with_hiredis(data: bytes) -> None:
+    ours, theirs = PyReader(), _hiredis()
+    ours.feed(data)
+    theirs.feed(data)
+    assert _normal(ours.gets()) == _normal(theirs.gets())
+    assert ours.gets() is INCOMPLETE
+
+
+@pytest.mark.parametrize("data", REPLIES)
+def test_a_reply_split_anywhere_is_whole_only_at_its_end(data: bytes) -> None:
+    for cut in range(1, len(data)):
+        reader = PyReader()
+        reader.feed(data[:cut])
+        assert reader.gets() is INCOMPLETE, cut
+        reader.feed(data[cut:])
+        assert _normal(reader.gets()) == _normal(_parse_whole(data))
+
+
+def _parse_whole(data: bytes) -> Any:
+    reader = _hiredis()
+    reader.feed(data)
+    return reader.gets()
+
+
+def test_replies_come_out_one_at_a_time_in_order() -> None:
+    reader = PyReader()
+    reader.feed(b"".join(REPLIES))
+    got = [reader.gets() for _ in REPLIES]
+    assert [_normal(g) for g in got] == [_normal(_parse_whole(r)) for r in REPLIES]
+    assert reader.gets() is INCOMPLETE
+
+
+@pytest.mark.parametrize("data", [b"?what\r\n", b":12x\r\n", b"$abc\r\n", b"%1\r\n"])
+def test_garbage_is_a_protocol_error(data: bytes) -> None:
+    reader = PyReader()
+    reader.feed(data)
+    with pytest.raises(InvalidResponse):
+        reader.gets()
+
+
+def test_pack_matches_redis_py() -> None:
+    args: tuple[Any, ...] = ("EVALSHA", "ab" * 20, 2, "redlock:x", b"\x00bin", "tok\u00e9n", 30000)
+    conn = redis.Connection()  # type: ignore[no-untyped-call]
+    assert pack(args) == b"".join(conn.pack_command(*args))  # type: ignore[no-untyped-call]
+
+
+def test_the_driver_on_the_pure_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Acquire, contention, extend, holder, a NOSCRIPT error reply and release, end to end
+    with hiredis switched off."""
+    monkeypatch.setattr(_resp, "HIREDIS", False)
+    resource = f"test:{uuid.uuid4().hex}"
+    with RedisGroup(3) as masters, Redlock(masters.urls) as dlm:
+        assert isinstance(dlm._driver.links()[0].reader, PyReader)
+        lock = dlm.acquire(resource, 5, owner="me")
+        assert lock is not None
+        assert dlm.acquire(resource, 5) is None
+        assert dlm.holder(resource) == "me"
+        for server in masters:
+            with server.client() as client:
+                client.script_flush()
+        assert lock.extend(5) > 4
+        assert lock.release()
+        assert not dlm.locked(resource)
