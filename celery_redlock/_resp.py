@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from redis.exceptions import InvalidResponse, ResponseError
+from redis._parsers.base import BaseParser
+from redis.exceptions import InvalidResponse
 
 try:
     import hiredis
@@ -21,7 +22,7 @@ try:
 except ImportError:  # pragma: no cover - hiredis is an optional extra
     HIREDIS = False
 
-__all__ = ["INCOMPLETE", "PyReader", "Reader", "new_reader", "pack"]
+__all__ = ["INCOMPLETE", "PyReader", "Reader", "error_reply", "new_reader", "pack"]
 
 
 class _Incomplete:
@@ -34,6 +35,12 @@ class _Incomplete:
 INCOMPLETE: Any = _Incomplete()
 
 
+def error_reply(message: str) -> Exception:
+    """redis-py's exception for an error reply (its own mapping of error codes)."""
+    error: Exception = BaseParser.parse_error(message)  # type: ignore[no-untyped-call]
+    return error
+
+
 class Reader(Protocol):
     def feed(self, data: bytes, /) -> None: ...
     def gets(self) -> Any: ...
@@ -42,12 +49,13 @@ class Reader(Protocol):
 def new_reader() -> Reader:
     """A reader for one connection: hiredis's if installed, else the pure-Python one.
 
-    Error replies come back as :class:`ResponseError` instances, not raised, so that one
-    master's error is a vote like any other.
+    Error replies come back as redis-py's exceptions (``NOAUTH`` as AuthenticationError,
+    ``NOSCRIPT`` as NoScriptError...), returned, not raised, so that one master's error is
+    a vote like any other.
     """
     if HIREDIS:
         reader: Reader = hiredis.Reader(
-            protocolError=InvalidResponse, replyError=ResponseError, notEnoughData=INCOMPLETE
+            protocolError=InvalidResponse, replyError=error_reply, notEnoughData=INCOMPLETE
         )
         return reader
     return PyReader()
@@ -116,7 +124,7 @@ _BULK, _ARRAY = ord("$"), ord("*")
 #: One-line replies: simple string, error, integer, and RESP3's null, boolean and double.
 _SIMPLE: dict[int, Callable[[bytes], Any]] = {
     ord("+"): lambda line: line,
-    ord("-"): lambda line: ResponseError(line.decode(errors="replace")),
+    ord("-"): lambda line: error_reply(line.decode(errors="replace")),
     ord(":"): int,
     ord("_"): lambda _line: None,
     ord("#"): lambda line: line == b"t",

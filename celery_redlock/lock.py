@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any
 
 import redis
-from redis.exceptions import InvalidResponse, ResponseError
+from redis.exceptions import InvalidResponse, RedisError
 
 from celery_redlock import _quorum, _resp
 from celery_redlock._base import HandleBase, ManagerBase, Seconds, logger
@@ -151,7 +151,7 @@ class _Link:
 
     def take(self) -> Any:
         """The next reply if it is all here, reading what the socket holds without waiting;
-        else ``INCOMPLETE``. An error reply is returned (a ResponseError), not raised."""
+        else ``INCOMPLETE``. An error reply is returned (a RedisError), not raised."""
         reply = self.reader.gets()
         if reply is not _resp.INCOMPLETE:
             return reply
@@ -373,13 +373,13 @@ class _Driver:
                 return self._failed(i, link, exc)
             link.reset()  # the master restarted since our last use: ask once more
             return self._resend(i, link, call.command())
-        if isinstance(reply, ResponseError) and is_noscript(reply):
+        if isinstance(reply, RedisError) and is_noscript(reply):
             return self._resend(i, link, call.fallback())
         return self._vote(i, link, call, reply)
 
     def _vote(self, i: int, link: _Link, call: Call, reply: Any) -> Vote:
         name = self._m._specs[i].name
-        if isinstance(reply, ResponseError):
+        if isinstance(reply, RedisError):
             return Vote(name, Outcome.ERROR, error=_describe(reply))
         link.proven = True
         self._m._health[i].succeeded()

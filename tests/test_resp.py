@@ -10,15 +10,17 @@ from typing import Any
 import hiredis
 import pytest
 import redis
-from redis.exceptions import InvalidResponse, ResponseError
+from redis.exceptions import InvalidResponse, RedisError
 
 from celery_redlock import Redlock, _resp
-from celery_redlock._resp import INCOMPLETE, PyReader, pack
+from celery_redlock._resp import INCOMPLETE, PyReader, error_reply, pack
 from celery_redlock.testing import RedisGroup
 
 REPLIES = [
     b"+OK\r\n",
     b"-NOSCRIPT No matching script. Please use EVAL.\r\n",
+    b"-NOAUTH Authentication required.\r\n",
+    b"-ERR unknown command\r\n",
     b":0\r\n",
     b":-2\r\n",
     b"$5\r\nab\r\nc\r\n",  # a bulk string may hold CRLF
@@ -37,8 +39,8 @@ REPLIES = [
 
 def _normal(reply: Any) -> Any:
     """Error replies compared by type and text (instances never compare equal)."""
-    if isinstance(reply, ResponseError):
-        return ("error", str(reply))
+    if isinstance(reply, RedisError):
+        return (type(reply).__name__, str(reply))
     if isinstance(reply, list):
         return [_normal(r) for r in reply]
     return reply
@@ -46,7 +48,7 @@ def _normal(reply: Any) -> Any:
 
 def _hiredis() -> Any:
     return hiredis.Reader(
-        protocolError=InvalidResponse, replyError=ResponseError, notEnoughData=INCOMPLETE
+        protocolError=InvalidResponse, replyError=error_reply, notEnoughData=INCOMPLETE
     )
 
 
