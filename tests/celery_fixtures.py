@@ -15,7 +15,7 @@ from celery import Celery
 
 from celery_redlock._appstate import state_of
 from celery_redlock.testing import RedisGroup, RedisServer
-from tests.celery_helpers import AppFactory, armed
+from tests.celery_helpers import AppFactory, armed, close_app
 from tests.celery_tasks import make_app
 
 
@@ -46,7 +46,7 @@ def make_celery(redis_broker: RedisServer, lock_masters: RedisGroup) -> Iterator
     yield factory
     for app in apps:
         state_of(app).reset()
-        app.close()
+        close_app(app)
 
 
 @pytest.fixture

@@ -18,6 +18,26 @@ from celery_redlock.testing import RedisGroup
 AppFactory = Callable[..., Celery]
 
 
+def close_app(app: Celery) -> None:
+    """Close a test app, its result backend's pub/sub consumer included.
+
+    ``app.close()`` leaves the Redis result backend's consumer alive. An AsyncResult of a
+    finished test, garbage-collected later (often during another test), then asks that
+    consumer to unsubscribe, which opens a new connection that nobody closes: an
+    "unclosed socket" ResourceWarning in whatever test runs at that moment. Forgetting
+    the subscriptions first makes that late call a no-op.
+    """
+    backend = app._backend  # this thread's, if made: the one its AsyncResults hold
+    consumer = getattr(backend, "result_consumer", None)
+    if consumer is not None:
+        consumer.subscribed_to.clear()
+        consumer._pending_unsubscribe.clear()
+        consumer.stop()
+    if backend is not None and hasattr(backend, "client"):
+        backend.client.connection_pool.disconnect()
+    app.close()
+
+
 @contextmanager
 def running_worker(app: Celery, concurrency: int = 8) -> Iterator[Any]:
     """A real worker (threads pool) consuming the app's queue, in this process."""

@@ -8,6 +8,7 @@ entering while one is inside sees 2 and records an overlap; every run also appen
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -37,6 +38,13 @@ BASE_CONF: dict[str, Any] = {
 }
 
 
+@functools.cache
+def _client(url: str, _pid: int) -> redis.Redis:
+    """One client per URL and process, kept: a client per call left its connection to the
+    garbage collector, which then warned of an unclosed socket in some later test."""
+    return redis.Redis.from_url(url, socket_timeout=5)
+
+
 @dataclass(frozen=True)
 class Probe:
     """Records runs in the broker's Redis under a namespace of its own."""
@@ -45,7 +53,7 @@ class Probe:
     ns: str
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, socket_timeout=5)
+        return _client(self.url, os.getpid())
 
     def enter(self, key: str, task_id: str) -> float:
         r = self.client()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from celery_redlock.testing import RedisGroup, RedisServer
-from tests.celery_helpers import armed
+from tests.celery_helpers import armed, close_app
 from tests.celery_tasks import probe_of
 from tests.test_task_prefork import PreforkWorker, start_prefork
 
@@ -98,7 +98,7 @@ def chaos_worker(
             yield worker, masters
         finally:
             worker.stop()
-            worker.app.close()
+            close_app(worker.app)
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import celery_redlock
 from celery_redlock import ConfigurationError, SingletonTask, is_skipped
 from celery_redlock.settings import OnDuplicate
 from celery_redlock.testing import RedisGroup, RedisServer
-from tests.celery_helpers import AppFactory, running_worker
+from tests.celery_helpers import AppFactory, close_app, running_worker
 from tests.celery_tasks import BASE_CONF, Probe, define_tasks, probe_of, task_decorator
 from tests.test_task_policies import assert_no_overlap
 
@@ -89,7 +89,7 @@ def test_settings_under_the_celery_namespace_reach_the_worker(
         assert values.count("k") >= 1
         assert all(v == "k" or isinstance(v, celery_redlock.TaskLocked) for v in values)
     finally:
-        app.close()
+        close_app(app)
 
 
 def test_a_worker_will_not_start_on_a_bad_setting(make_celery: AppFactory) -> None:

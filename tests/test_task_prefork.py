@@ -20,7 +20,7 @@ from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
 from celery_redlock import is_skipped
 from celery_redlock.testing import RedisGroup, RedisServer
-from tests.celery_helpers import wait_for
+from tests.celery_helpers import close_app, wait_for
 from tests.celery_tasks import make_app, probe_of
 from tests.test_task_policies import assert_no_overlap
 
@@ -121,7 +121,7 @@ def prefork(
     worker = start_prefork(redis_broker, lock_masters, tmp_path_factory.mktemp("prefork"), lease=20)
     yield worker
     worker.stop()
-    worker.app.close()
+    close_app(worker.app)
 
 
 def test_duplicates_across_pool_processes_never_overlap(prefork: PreforkWorker) -> None:
@@ -182,7 +182,7 @@ def test_a_killed_worker_frees_the_key_within_a_lease(
         assert worker.free_after("long_run", "host", timeout=3 * worker.lease) < 3 * worker.lease
     finally:
         worker.stop()
-        worker.app.close()
+        close_app(worker.app)
 
 
 def test_a_cold_shutdown_frees_the_key_at_once(
@@ -198,4 +198,4 @@ def test_a_cold_shutdown_frees_the_key_at_once(
         assert worker.free_after("long_run", "cold", timeout=worker.lease) < worker.lease / 2
     finally:
         worker.stop()
-        worker.app.close()
+        close_app(worker.app)
