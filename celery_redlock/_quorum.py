@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 from celery_redlock._scripts import Call, Outcome, Verb
 from celery_redlock.exceptions import LockLost, QuorumUnavailable
@@ -57,8 +57,7 @@ def valid_until(start: float, ttl: float, drift_factor: float) -> float:
     return start + ttl - drift(ttl, drift_factor)
 
 
-@dataclass(frozen=True, slots=True)
-class Vote:
+class Vote(NamedTuple):
     """One master's answer in one round; errors carry their cause, masters their redacted name."""
 
     master: str
@@ -86,8 +85,7 @@ class Verdict(Enum):
     OUTAGE = "outage"  # too few masters answered to decide either way
 
 
-@dataclass(frozen=True, slots=True)
-class Tally:
+class Tally(NamedTuple):
     """Counts of one round's votes against the quorum of all masters."""
 
     yes: int
@@ -114,8 +112,7 @@ class Tally:
 # --- effects -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Round:
+class Round(NamedTuple):
     """Send ``call`` to ``targets`` (indices; None means every master) at once and return
     their votes in target order, stopping early once :func:`decided` says the rest cannot
     change the outcome; replies not in by then are ERROR votes. ``wait=False`` sends
@@ -142,10 +139,11 @@ def decided(yes: int, no: int, errors: int, pending: int, masters: int) -> bool:
 class Count:
     """A running tally for a driver reading one round's replies as they arrive."""
 
-    __slots__ = ("errors", "masters", "no", "yes")
+    __slots__ = ("errors", "masters", "need", "no", "yes")
 
     def __init__(self, votes: Sequence[Vote | None], masters: int) -> None:
         self.masters = masters
+        self.need = quorum(masters)
         self.yes = self.no = self.errors = 0
         for vote in votes:
             if vote is not None:
@@ -160,7 +158,11 @@ class Count:
             self.errors += 1
 
     def decided(self, pending: int) -> bool:
-        return decided(self.yes, self.no, self.errors, pending, self.masters)
+        """:func:`decided`, with the quorum worked out once per round."""
+        need = self.need
+        return (
+            not pending or self.yes >= need or self.no >= need or self.errors > self.masters - need
+        )
 
 
 @dataclass(frozen=True, slots=True)

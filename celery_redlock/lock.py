@@ -297,13 +297,18 @@ class _Driver:
         """
         if not waited:
             return None
-        try:
-            hung = link.overdue(now, timeout)
-        except _IO_ERRORS as exc:
-            return self._failed(i, link, exc)
-        if hung:
-            return self._failed(i, link, redis.TimeoutError("replies overdue: the master hangs"))
-        skip = self._m._health[i].skip_reason(now)
+        if link.owed and now - link.owed_since > timeout:  # (checked inline: every round)
+            try:
+                hung = link.overdue(now, timeout)
+            except _IO_ERRORS as exc:
+                return self._failed(i, link, exc)
+            if hung:
+                error = redis.TimeoutError("replies overdue: the master hangs")
+                return self._failed(i, link, error)
+        health = self._m._health[i]
+        if now >= health.down_until:
+            return None
+        skip = health.skip_reason(now)
         return None if skip is None else Vote(self._m._specs[i].name, Outcome.ERROR, error=skip)
 
     def _collect(
@@ -382,7 +387,9 @@ class _Driver:
         if isinstance(reply, RedisError):
             return Vote(name, Outcome.ERROR, error=_describe(reply))
         link.proven = True
-        self._m._health[i].succeeded()
+        health = self._m._health[i]
+        if health.failures:
+            health.succeeded()
         try:
             parsed = call.parse(reply)
         except (TypeError, ValueError, KeyError) as exc:

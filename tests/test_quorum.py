@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from celery_redlock import _quorum
-from celery_redlock._quorum import AcquireRequest, Vote
+from celery_redlock._quorum import AcquireRequest, Count, Vote, decided
 from celery_redlock._scripts import Outcome, Verb
 from celery_redlock.exceptions import LockLost, QuorumUnavailable
 from tests.sim import SimCluster
@@ -216,3 +216,25 @@ def test_ttl_goes_on_the_wire_rounded_up() -> None:
     assert _quorum.ttl_ms(0.0001) == 1
     assert _quorum.ttl_ms(1.0001) == 1001
     assert _quorum.ttl_ms(2) == 2000
+
+
+def test_the_drivers_running_count_settles_exactly_when_decided_does() -> None:
+    """Count.decided (the drivers' per-reply check, quorum worked out once) is the same
+    rule as decided(), for every split of up to seven masters."""
+    for masters in range(1, 8):
+        for yes in range(masters + 1):
+            for no in range(masters + 1 - yes):
+                for errors in range(masters + 1 - yes - no):
+                    pending = masters - yes - no - errors
+                    votes = (
+                        [Vote("m", Outcome.YES)] * yes
+                        + [Vote("m", Outcome.NO)] * no
+                        + [Vote("m", Outcome.ERROR)] * errors
+                    )
+                    count = Count(votes, masters)
+                    assert count.decided(pending) == decided(yes, no, errors, pending, masters), (
+                        masters,
+                        yes,
+                        no,
+                        errors,
+                    )
