@@ -223,8 +223,7 @@ class Lease:
     votes: tuple[Vote, ...] = field(default=(), compare=False)
 
 
-@dataclass(frozen=True, slots=True)
-class AcquireRequest:
+class AcquireRequest(NamedTuple):
     resource: str
     key: str
     ttl: float

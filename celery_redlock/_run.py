@@ -74,6 +74,13 @@ def _holds() -> dict[str, Hold]:
     return holds
 
 
+def _manager(task: Any) -> Redlock:
+    """The task's lock manager: its app's, through the state SingletonTask keeps at bind."""
+    state = getattr(task, "_lock_state", None) or state_of(task.app)
+    manager: Redlock = state.manager
+    return manager
+
+
 def current_hold(task: Any) -> Hold | None:
     """The hold of ``task``'s run in progress in this thread, if any."""
     task_id = task.request.id
@@ -84,7 +91,7 @@ def run(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], body: Callable
     """Run ``body`` under the call's lock, or end the run as the policies say."""
     request = task.request
     options: LockOptions = task.lock_options
-    dlm = state_of(task.app).manager
+    dlm = _manager(task)
     hold = Hold(task, request.id, task.lock_resource(*args, **kwargs))
     if not request.retries:
         _adopt(dlm, request)
@@ -124,9 +131,8 @@ def finish(task: Any, hold: Hold) -> None:
     if lock is None:
         return
     options: LockOptions = task.lock_options
-    dlm = state_of(task.app).manager
     if options.window:
-        _start_window(dlm, hold, options.window)
+        _start_window(_manager(task), hold, options.window)
     released = lock.release()
     reaper.forget(hold.task_id)
     logger.debug(

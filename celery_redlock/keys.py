@@ -91,6 +91,8 @@ def _encode(value: Any) -> str:  # noqa: PLR0911 - one branch per family of type
 
 def _number(value: bool | int | float | Decimal | Fraction | complex) -> str:
     """Numbers by exact value, so every spelling of one number reads the same."""
+    if isinstance(value, int):  # bool too; the common case, spelled as Fraction would
+        return str(int(value))
     if isinstance(value, complex):
         if value.imag:
             return f"complex({_number(value.real)},{_number(value.imag)})"

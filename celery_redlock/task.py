@@ -109,6 +109,7 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
 
     _lock_options: ClassVar[LockOptions | None] = None
     _lock_spec: ClassVar[KeySpec | None] = None
+    _lock_state: ClassVar[Any] = None  # the app's AppState, kept at bind: asked every run
 
     @classmethod
     def on_bound(cls, app: Any) -> None:
@@ -124,7 +125,8 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
         with the key spec against the task's signature (raises ConfigurationError)."""
         where = f"task {cls.name}"
         _check_option_names(cls, where)
-        config = state_of(app).config
+        state = cls._lock_state = state_of(app)
+        config = state.config
         given = {
             attr.removeprefix("lock_"): getattr(cls, attr)
             for attr, _setting in cls.lock_from_config
