@@ -57,6 +57,7 @@ $(BENCH_TASKS_VENV)/.installed: pyproject.toml
 bench: $(BENCH_VENV)/.installed $(BENCH_TASKS_VENV)/.installed
 	$(BENCH_VENV)/bin/python -m benchmarks.bench_lock
 	$(BENCH_TASKS_VENV)/bin/python -m benchmarks.bench_tasks
+	$(BENCH_TASKS_VENV)/bin/python -m benchmarks.bench_instructions
 
 ## make chaos: real masters under injected faults for DURATION seconds (default 120)
 DURATION ?= 120
