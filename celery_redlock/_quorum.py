@@ -139,11 +139,10 @@ def decided(yes: int, no: int, errors: int, pending: int, masters: int) -> bool:
 class Count:
     """A running tally for a driver reading one round's replies as they arrive."""
 
-    __slots__ = ("errors", "masters", "need", "no", "yes")
+    __slots__ = ("errors", "masters", "no", "yes")
 
     def __init__(self, votes: Sequence[Vote | None], masters: int) -> None:
         self.masters = masters
-        self.need = quorum(masters)
         self.yes = self.no = self.errors = 0
         for vote in votes:
             if vote is not None:
@@ -158,11 +157,7 @@ class Count:
             self.errors += 1
 
     def decided(self, pending: int) -> bool:
-        """:func:`decided`, with the quorum worked out once per round."""
-        need = self.need
-        return (
-            not pending or self.yes >= need or self.no >= need or self.errors > self.masters - need
-        )
+        return decided(self.yes, self.no, self.errors, pending, self.masters)
 
 
 @dataclass(frozen=True, slots=True)

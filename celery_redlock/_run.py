@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery_redlock import signals
-from celery_redlock._appstate import state_of
 from celery_redlock._handoff import as_owner, owner_of
 from celery_redlock._reaper import reaper
 from celery_redlock.exceptions import LockLost, QuorumUnavailable
@@ -75,9 +74,9 @@ def _holds() -> dict[str, Hold]:
 
 
 def _manager(task: Any) -> Redlock:
-    """The task's lock manager: its app's, through the state SingletonTask keeps at bind."""
-    state = getattr(task, "_lock_state", None) or state_of(task.app)
-    manager: Redlock = state.manager
+    """The task's lock manager: its app's, through the state SingletonTask keeps at bind
+    (always there once ``lock_options`` is, which every caller reads first)."""
+    manager: Redlock = task._lock_state.manager
     return manager
 
 

@@ -139,8 +139,7 @@ class _Link:
         while rest:
             left = deadline - time.monotonic()
             if left <= 0 or not poller.poll(math.ceil(left * 1000)):
-                self.conn.disconnect()
-                self.sock = None
+                self._drop()
                 raise redis.TimeoutError("timed out while writing")
             try:
                 rest = rest[sock.send(rest) :]
@@ -174,9 +173,12 @@ class _Link:
             # Loop: a TLS socket can hold decrypted bytes that poll would not report.
 
     def _broken(self, doing: str, exc: OSError) -> redis.ConnectionError:
+        self._drop()
+        return redis.ConnectionError(f"error while {doing}: {exc}")
+
+    def _drop(self) -> None:
         self.conn.disconnect()
         self.sock = None
-        return redis.ConnectionError(f"error while {doing}: {exc}")
 
     def owe(self, now: float) -> None:
         if not self.owed:
@@ -197,8 +199,7 @@ class _Link:
         return None if self.sock is None else self.sock.fileno()
 
     def reset(self) -> None:
-        self.conn.disconnect()
-        self.sock = None
+        self._drop()
         self.owed = 0
         self.proven = False
 
@@ -297,18 +298,13 @@ class _Driver:
         """
         if not waited:
             return None
-        if link.owed and now - link.owed_since > timeout:  # (checked inline: every round)
-            try:
-                hung = link.overdue(now, timeout)
-            except _IO_ERRORS as exc:
-                return self._failed(i, link, exc)
-            if hung:
-                error = redis.TimeoutError("replies overdue: the master hangs")
-                return self._failed(i, link, error)
-        health = self._m._health[i]
-        if now >= health.down_until:
-            return None
-        skip = health.skip_reason(now)
+        try:
+            hung = link.overdue(now, timeout)
+        except _IO_ERRORS as exc:
+            return self._failed(i, link, exc)
+        if hung:
+            return self._failed(i, link, redis.TimeoutError("replies overdue: the master hangs"))
+        skip = self._m._health[i].skip_reason(now)
         return None if skip is None else Vote(self._m._specs[i].name, Outcome.ERROR, error=skip)
 
     def _collect(
@@ -387,9 +383,7 @@ class _Driver:
         if isinstance(reply, RedisError):
             return Vote(name, Outcome.ERROR, error=_describe(reply))
         link.proven = True
-        health = self._m._health[i]
-        if health.failures:
-            health.succeeded()
+        self._m._health[i].succeeded()
         try:
             parsed = call.parse(reply)
         except (TypeError, ValueError, KeyError) as exc:
