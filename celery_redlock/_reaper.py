@@ -96,7 +96,8 @@ class Reaper:
 
     def _after_fork(self) -> None:
         self._child = self.enabled
-        self._map = None  # the parent's mapping, if any, is not this child's record
+        self._map = None  # the parent's mapping and identity are not this child's
+        self._identity = None
         self._current = None
 
     def _record_map(self, size: int) -> mmap.mmap | None:
@@ -106,7 +107,7 @@ class Reaper:
             return self._map
         assert self.directory is not None
         pid = os.getpid()
-        if self._identity is None or self._map is None:
+        if self._identity is None:
             self._identity = _start_time(pid)
         path = self.directory / f"child.{pid}.{self._identity}.json"
         length = max(_RECORD_SIZE, 1 << (size - 1).bit_length())
@@ -133,7 +134,9 @@ class Reaper:
         mapped = self._record_map(len(data) + 1)
         if mapped is None:
             return
-        # The first byte goes in last: the record is either whole or reads as empty.
+        # Emptied first and its first byte put back last: the record is either whole or
+        # reads as empty, also when it replaces one that was never forgotten.
+        mapped[0:1] = b"\0"
         mapped[1 : len(data) + 1] = data[1:] + b"\0"
         mapped[0:1] = data[:1]
         self._current = task_id
