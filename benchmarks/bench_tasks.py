@@ -49,6 +49,12 @@ Why it is built this way:
 - Locks: SingletonTask on three masters, and a row on one; that one-master row,
   celery-singleton and celery-once all lock the first of the three masters, a redis-server
   other than the broker's, so the broker carries the same load in every row.
+- A floor row does only the wire work of a lock taken and freed in the worker on three
+  masters (a SET NX PX to each, all sent then all read; the body; a DEL to each) over raw
+  blocking sockets: no token, validity, owner check or renewal. No worker-side lock on
+  three masters can cost less, so it shows how much of a lock row's cost is the wire's
+  (the sends and receives, and on loopback the kernel's work for both ends) and how much
+  its code's, and what the 85% target leaves for the code.
 - Passes interleave the rows (in a rotated order each pass), so load drifting during the
   run falls on every row alike; each figure is the median over passes. A drain that
   stalls is given up after a deadline, its worker is stopped and its row says why; a pass
@@ -65,6 +71,7 @@ import importlib.util
 import math
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -75,6 +82,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
+from urllib.parse import urlsplit
 
 import redis
 from celery import Celery
@@ -253,6 +261,49 @@ def _celery_once(app: Celery, body: Body, servers: Servers) -> Any:
     return app.task(name=TASK, base=once.QueueOnce, once={"graceful": True})(body)
 
 
+class _Floor:
+    """The wire work of any lock taken and freed in the worker on every master, and nothing
+    else: a SET NX PX to each master (all sent, then all read), the body, then a DEL to
+    each, over plain blocking sockets. What a worker-side multi-master lock cannot go
+    below, whatever its code: it has no token, no validity, no owner check, no renewal."""
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        self.addresses = [(u.hostname or "127.0.0.1", u.port or 6379) for u in map(urlsplit, urls)]
+        self.socks: list[socket.socket] = []
+
+    def round(self, command: bytes, reply: bytes) -> None:
+        if not self.socks:  # opened in the pool child that uses them
+            for address in self.addresses:
+                sock = socket.create_connection(address, timeout=5)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.socks.append(sock)
+        for sock in self.socks:
+            sock.sendall(command)
+        for sock in self.socks:
+            got = sock.recv(len(reply))
+            while len(got) < len(reply) and got == reply[: len(got)]:
+                got += sock.recv(len(reply) - len(got))
+            if got != reply:
+                raise RuntimeError(f"floor: expected {reply!r}, got {got!r}")
+
+    def wrap(self, body: Body) -> Body:
+        def floor(n: int) -> None:
+            key = b"floor:%d" % n
+            arg = b"$%d\r\n%s\r\n" % (len(key), key)
+            self.round(
+                b"*6\r\n$3\r\nSET\r\n%s%s$2\r\nNX\r\n$2\r\nPX\r\n$5\r\n30000\r\n" % (arg, arg),
+                b"+OK\r\n",
+            )
+            body(n)
+            self.round(b"*2\r\n$3\r\nDEL\r\n%s" % arg, b":1\r\n")
+
+        return floor
+
+
+def _floor(app: Celery, body: Body, servers: Servers) -> Any:
+    return app.task(name=TASK)(_Floor(servers.masters).wrap(body))
+
+
 @dataclass(frozen=True)
 class Row:
     """A table row: its label, how its task is defined, and the peer it needs (if any)."""
@@ -266,6 +317,9 @@ ROWS = {
     "plain": Row("plain `@app.task`", _plain),
     "ours": Row(f"**SingletonTask, {MASTERS} masters**", _ours(MASTERS)),
     "ours1": Row("SingletonTask, 1 master", _ours(1)),
+    "floor": Row(
+        f"floor: a SET NX PX and a DEL to {MASTERS} masters, raw sockets, no lock", _floor
+    ),
     "dedup": Row(
         f"SingletonTask, {MASTERS} masters, `lock_dedup=True` (also locks at publish)",
         _ours(MASTERS, lock_dedup=True),
@@ -628,6 +682,11 @@ def targets(results: Results) -> list[str]:
             "SingletonTask (1 master) / plain, through the worker",
             _ratio(results, "ours1", "plain", _worker_rate),
         ),
+        _judge(
+            f"floor ({MASTERS} masters, no lock logic) / plain, through the worker",
+            _ratio(results, "floor", "plain", _worker_rate),
+        ),
+        _over_floor(results),
     ]
     for peer in ("singleton", "once"):
         if peer not in results:
@@ -645,6 +704,21 @@ def targets(results: Results) -> list[str]:
             " locks in the publisher)"
         )
     return lines
+
+
+def _over_floor(results: Results) -> str:
+    """What SingletonTask's lock logic costs the worker beyond the wire work every lock on
+    as many masters pays, beside what the 85% target leaves for it in this run."""
+    plain, floor, ours = (
+        median(results.get(row, []), _cpu_ms) for row in ("plain", "floor", "ours")
+    )
+    if plain is None or floor is None or ours is None:
+        return "- SingletonTask's lock logic above the floor: not measured"
+    return (
+        f"- SingletonTask ({MASTERS} masters) above the floor, worker CPU per call:"
+        f" {ours - floor:.2f} ms; the 85% target leaves {plain / 0.85 - floor:.2f} ms above"
+        " the floor (for information: the floor's share is the wire's, not the code's)"
+    )
 
 
 def _x(value: float | None) -> str:
