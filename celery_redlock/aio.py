@@ -115,7 +115,9 @@ class _Driver:
         tasks: dict[asyncio.Task[Vote], int] = {}
         for pos, i in enumerate(targets):
             skip = m._health[i].skip_reason(now)
-            if skip is not None:
+            # A release reaches a master in its cool-down too (Round.reaches_skipped), as
+            # in the sync driver over a connection already open, never a new one.
+            if skip is not None and not (rnd.reaches_skipped and self._idle[i]):
                 votes[pos] = Vote(m._specs[i].name, Outcome.ERROR, error=skip)
             else:
                 tasks[asyncio.ensure_future(self._exchange(i, rnd.call, deadline))] = pos

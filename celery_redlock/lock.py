@@ -261,7 +261,7 @@ class _Driver:
         call = rnd.call
         packed = _resp.pack(call.command() if rnd.wait else call.fallback())
         for pos, i in enumerate(targets):
-            vote = self._unusable(i, links[i], now, timeout, rnd.wait)
+            vote = self._unusable(i, links[i], now, timeout, rnd)
             if vote is None:
                 try:
                     links[i].send(packed)
@@ -285,18 +285,18 @@ class _Driver:
         self._collect(rnd, links, waiting, votes, m.clock() + timeout)
         return [v for v in votes if v is not None]
 
-    def _unusable(
-        self, i: int, link: _Link, now: float, timeout: float, waited: bool
-    ) -> Vote | None:
+    def _unusable(self, i: int, link: _Link, now: float, timeout: float, rnd: Round) -> Vote | None:
         """Why master ``i`` gets no command this round (an ERROR vote), or None to send.
 
         Clean-ups (rounds not waited for) always go out, on the same connection as the
         call they clean up after, so that the master runs them in that order even if it
-        is slow or was hung. Otherwise a master in its cool-down is skipped, and one that
-        still owes a reply older than the timeout is hung: it is failed now (its
-        connection closed), before our commands can pile up in its socket buffers.
+        is slow or was hung. Otherwise a master that still owes a reply older than the
+        timeout is hung: it is failed now (its connection closed), before our commands
+        can pile up in its socket buffers. A master in its cool-down is skipped, except
+        by a release over a connection still open (:attr:`Round.reaches_skipped`): never
+        a new one, whose connect could block for the whole timeout.
         """
-        if not waited:
+        if not rnd.wait:
             return None
         try:
             hung = link.overdue(now, timeout)
@@ -305,7 +305,9 @@ class _Driver:
         if hung:
             return self._failed(i, link, redis.TimeoutError("replies overdue: the master hangs"))
         skip = self._m._health[i].skip_reason(now)
-        return None if skip is None else Vote(self._m._specs[i].name, Outcome.ERROR, error=skip)
+        if skip is None or (rnd.reaches_skipped and link.sock is not None):
+            return None
+        return Vote(self._m._specs[i].name, Outcome.ERROR, error=skip)
 
     def _collect(
         self,

@@ -163,6 +163,26 @@ def test_a_hung_minority_and_a_killed_majority(fresh5: RedisGroup) -> None:
     run(main)
 
 
+def test_a_release_reaches_a_master_in_its_cool_down(fresh3: RedisGroup) -> None:
+    """As in the sync driver: a master skipped after a failure still gets the release
+    over a connection already open, so our key does not stay on it until expiry."""
+
+    async def main() -> None:
+        async with AsyncRedlock(fresh3.urls) as dlm:
+            lock = await dlm.acquire("r", 30)
+            assert lock is not None
+            key = dlm.settings.key("r")
+            with fresh3[2].client() as client:
+                assert await until(lambda: client.exists(key) == 1, timeout=5)
+                await asyncio.sleep(0.05)  # its exchange done, the connection back as idle
+                dlm._health[2].failed(dlm.clock(), "a hiccup")
+                assert dlm._health[2].skip_reason(dlm.clock()) is not None
+                assert await lock.release()
+                assert await until(lambda: client.exists(key) == 0, timeout=5)
+
+    run(main)
+
+
 def test_connections_outlive_a_master_restart() -> None:
     async def main() -> None:
         with RedisGroup(3, appendonly=True) as group:
