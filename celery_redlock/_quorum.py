@@ -123,14 +123,6 @@ class Round(NamedTuple):
     wait: bool = True
     targets: tuple[int, ...] | None = None
 
-    @property
-    def reaches_skipped(self) -> bool:
-        """Whether masters in their cool-down after a failure get it too: only a release.
-        Deleting our own key is safe on any master, and a key left behind on one that
-        merely hiccuped would leave the resource a master short of its fault tolerance
-        until the key expires (two such hiccups: nobody can lock it meanwhile)."""
-        return self.call.verb is Verb.RELEASE
-
 
 def decided(yes: int, no: int, errors: int, pending: int, masters: int) -> bool:
     """Whether a round's outcome is settled before every master has answered.

@@ -164,6 +164,18 @@ class Call(NamedTuple):
     ttl_ms: int = 0
     guard_ms: int = 0
 
+    @property
+    def safe_anytime(self) -> bool:
+        """Whether running this call on any master at any later moment is harmless: only a
+        release, an owner-checked delete (whoever holds the key later has another token).
+
+        So drivers send a release to masters they skip after a failure too, and send it
+        again with its script's source when a master answers NOSCRIPT after the round is
+        over. Either way a key left behind would leave the resource a master short of its
+        fault tolerance until it expires (two such hiccups: nobody could lock it).
+        """
+        return self.verb is Verb.RELEASE
+
     def command(self) -> tuple[Any, ...]:
         """The command as sent in the common case (EVALSHA, or PTTL for inspection)."""
         if self.verb is Verb.INSPECT:
@@ -197,6 +209,14 @@ class Call(NamedTuple):
             held = int(reply) != -2
             return Reply(Outcome.YES if held else Outcome.NO, int(reply) if held else None)
         return Reply(Outcome.YES if int(reply) == 1 else Outcome.NO)
+
+
+def loads() -> list[tuple[str, str, str]]:
+    """SCRIPT LOAD for every script, sent once per new connection: EVALSHA then finds
+    them, and a reply that comes late cannot be a NOSCRIPT nobody reads (a late release
+    would be dropped unseen). A master that flushes its scripts later is still served by
+    the NOSCRIPT fallback."""
+    return [("SCRIPT", "LOAD", script.source) for script in _SCRIPTS.values()]
 
 
 _ACQUIRE_OUTCOMES = {1: Outcome.YES, 0: Outcome.NO, 2: Outcome.ABSTAIN}

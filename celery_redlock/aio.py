@@ -29,7 +29,7 @@ from celery_redlock import _quorum
 from celery_redlock._base import HandleBase, ManagerBase, Renewal, Seconds, logger
 from celery_redlock._masters import MasterSpec
 from celery_redlock._quorum import Listen, Round, Vote
-from celery_redlock._scripts import Call, Outcome, is_noscript
+from celery_redlock._scripts import Call, Outcome, is_noscript, loads
 from celery_redlock.exceptions import (
     ConfigurationError,
     LockError,
@@ -46,6 +46,9 @@ _IO_ERRORS = (
     OSError,
     asyncio.TimeoutError,
 )
+
+#: Sent on every new connection (see ``_scripts.loads``).
+_LOADS = loads()
 
 #: Marks a connection that has answered before (see ``_call_once_more_if_stale``).
 _PROVEN = "_celery_redlock_proven"
@@ -115,9 +118,9 @@ class _Driver:
         tasks: dict[asyncio.Task[Vote], int] = {}
         for pos, i in enumerate(targets):
             skip = m._health[i].skip_reason(now)
-            # A release reaches a master in its cool-down too (Round.reaches_skipped), as
-            # in the sync driver over a connection already open, never a new one.
-            if skip is not None and not (rnd.reaches_skipped and self._idle[i]):
+            # A release reaches a master in its cool-down too (Call.safe_anytime), as in
+            # the sync driver over a connection already open, never a new one.
+            if skip is not None and not (rnd.call.safe_anytime and self._idle[i]):
                 votes[pos] = Vote(m._specs[i].name, Outcome.ERROR, error=skip)
             else:
                 tasks[asyncio.ensure_future(self._exchange(i, rnd.call, deadline))] = pos
@@ -182,7 +185,15 @@ class _Driver:
 
     @staticmethod
     async def _call(conn: Any, call: Call) -> Any:
-        await conn.send_packed_command(conn.pack_command(*call.command()), check_health=False)
+        # A new connection loads our scripts ahead of the call, in the same write: the
+        # call goes out even if the master answers nothing in time.
+        loads = () if conn.is_connected else _LOADS
+        await conn.send_packed_command(
+            conn.pack_commands([*loads, call.command()]), check_health=False
+        )
+        for _ in loads:
+            with contextlib.suppress(ResponseError):  # an ACL without SCRIPT: EVAL still works
+                await conn.read_response()
         try:
             return await conn.read_response()
         except ResponseError as exc:

@@ -19,6 +19,7 @@ misses the per-master timeout is disconnected and skipped for a short cool-down.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
 import itertools
@@ -41,7 +42,7 @@ from celery_redlock import _quorum, _resp
 from celery_redlock._base import HandleBase, ManagerBase, Seconds, logger
 from celery_redlock._masters import MasterSpec
 from celery_redlock._quorum import Listen, Round, Vote
-from celery_redlock._scripts import Call, Outcome, is_noscript
+from celery_redlock._scripts import Call, Outcome, is_noscript, loads
 from celery_redlock.exceptions import ConfigurationError, LockError, LockLost, LockNotAcquired
 
 __all__ = ["Lock", "Redlock"]
@@ -51,6 +52,10 @@ _IO_ERRORS = (redis.ConnectionError, redis.TimeoutError, InvalidResponse, OSErro
 
 #: A non-blocking socket's "not now" (a TLS socket may want to read in order to write).
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+#: Sent on every new connection, ahead of the first call (see ``_scripts.loads``).
+_LOADS = loads()
+_PACKED_LOADS = b"".join(map(_resp.pack, _LOADS))
 
 #: Bytes asked of the socket per read: every reply the driver expects fits many times.
 _CHUNK = 65536
@@ -76,13 +81,17 @@ class _Link:
     per-socket timeout would only make Python poll again before each send and receive.
     Replies are parsed from what the driver reads (:mod:`celery_redlock._resp`).
 
-    ``owed`` counts replies still due for commands whose round settled without them, and
-    ``owed_since`` is when the oldest of them was sent: a master that owes a reply for
-    longer than the per-master timeout is hung, even if every round settled without it.
+    ``owed`` holds one entry per reply still due for a command whose round settled
+    without it: the command again with its script's source for a release (sent again if
+    the late reply is NOSCRIPT: a master that lost its scripts would otherwise drop it
+    unseen), else None. ``owed_since`` is when the oldest of them was sent: a master that
+    owes a reply for longer than the per-master timeout is hung, even if every round
+    settled without it.
     """
 
     __slots__ = (
         "__weakref__",
+        "clock",
         "conn",
         "owed",
         "owed_since",
@@ -92,21 +101,26 @@ class _Link:
         "timeout",
     )
 
-    def __init__(self, spec: MasterSpec, timeout: float) -> None:
+    def __init__(self, spec: MasterSpec, timeout: float, clock: Callable[[], float]) -> None:
         self.conn: Any = spec.connection_class(**spec.connect_kwargs(timeout))
         self.timeout = timeout
+        self.clock = clock
         self.sock: socket.socket | None = None
         self.reader = _resp.new_reader()
-        self.owed = 0
+        self.owed: collections.deque[bytes | None] = collections.deque()
         self.owed_since = 0.0
         self.proven = False  # answered before: a failure may just mean the master restarted
 
     def _open(self) -> socket.socket:
+        """Connect; the caller sends ``_LOADS`` first, whose replies are owed (and drained
+        like any other: an error reply to one, e.g. an ACL without SCRIPT, changes nothing)."""
         self.conn.connect()
         sock: socket.socket = self.conn._sock
         sock.setblocking(False)
         self.sock = sock
         self.reader = _resp.new_reader()
+        self.owed_since = self.clock()
+        self.owed.extend([None] * len(_LOADS))
         return sock
 
     def send(self, data: bytes) -> None:
@@ -121,7 +135,10 @@ class _Link:
             self._send(data)
 
     def _send(self, data: bytes) -> None:
-        sock = self.sock or self._open()
+        sock = self.sock
+        if sock is None:
+            sock = self._open()
+            data = _PACKED_LOADS + data  # one write: the call goes out even if no reply comes
         try:
             sent = sock.send(data)
         except _WOULD_BLOCK:
@@ -180,18 +197,25 @@ class _Link:
         self.conn.disconnect()
         self.sock = None
 
-    def owe(self, now: float) -> None:
+    def owe(self, now: float, again: bytes | None = None) -> None:
         if not self.owed:
             self.owed_since = now
-        self.owed += 1
+        self.owed.append(again)
+
+    def settle(self, reply: Any, clock: Callable[[], float]) -> None:
+        """An owed reply arrived: send its command again (owed in turn) where it asks."""
+        again = self.owed.popleft()
+        if again is not None and isinstance(reply, RedisError) and is_noscript(reply):
+            self.send(again)
+            self.owe(clock())
 
     def overdue(self, now: float, timeout: float) -> bool:
         """Whether replies owed for longer than ``timeout`` are still missing (the ones
         that did arrive are read and dropped first)."""
         if not self.owed or now - self.owed_since <= timeout:
             return False  # nothing owed, or not for long: the next read drains it in order
-        while self.owed and self.take() is not _resp.INCOMPLETE:
-            self.owed -= 1
+        while self.owed and (reply := self.take()) is not _resp.INCOMPLETE:
+            self.settle(reply, lambda: now)
             self.owed_since = now  # what is still owed was sent no earlier than this
         return bool(self.owed) and now - self.owed_since > timeout
 
@@ -200,7 +224,7 @@ class _Link:
 
     def reset(self) -> None:
         self._drop()
-        self.owed = 0
+        self.owed.clear()
         self.proven = False
 
 
@@ -238,7 +262,7 @@ class _Driver:
         cached = getattr(self._local, "links", None)
         if cached is None or cached[0] != _generation:
             timeout = self._m.settings.master_timeout
-            links = [_Link(spec, timeout) for spec in self._m._specs]
+            links = [_Link(spec, timeout, self._m.clock) for spec in self._m._specs]
             self._all.update(links)
             cached = (_generation, links)
             self._local.links = cached
@@ -293,7 +317,7 @@ class _Driver:
         is slow or was hung. Otherwise a master that still owes a reply older than the
         timeout is hung: it is failed now (its connection closed), before our commands
         can pile up in its socket buffers. A master in its cool-down is skipped, except
-        by a release over a connection still open (:attr:`Round.reaches_skipped`): never
+        by a release over a connection still open (:attr:`Call.safe_anytime`): never
         a new one, whose connect could block for the whole timeout.
         """
         if not rnd.wait:
@@ -305,7 +329,7 @@ class _Driver:
         if hung:
             return self._failed(i, link, redis.TimeoutError("replies overdue: the master hangs"))
         skip = self._m._health[i].skip_reason(now)
-        if skip is None or (rnd.reaches_skipped and link.sock is not None):
+        if skip is None or (rnd.call.safe_anytime and link.sock is not None):
             return None
         return Vote(self._m._specs[i].name, Outcome.ERROR, error=skip)
 
@@ -352,8 +376,9 @@ class _Driver:
         # sent next goes behind the call on it, in order. A master that stays silent is
         # found hung by the next round's overdue check, and only then disconnected.
         expired = now >= deadline
+        again = _resp.pack(rnd.call.fallback()) if waiting and rnd.call.safe_anytime else None
         for pos, i in waiting.values():
-            links[i].owe(now)
+            links[i].owe(now, again)
             if expired:
                 error = f"TimeoutError: no reply within {m.settings.master_timeout * 1000:.0f} ms"
                 m._health[i].failed(now, error)
@@ -370,7 +395,7 @@ class _Driver:
                     return None
                 if not link.owed:
                     break
-                link.owed -= 1  # the answer to a round that settled without it
+                link.settle(reply, self._m.clock)  # the answer to a round that settled
         except _IO_ERRORS as exc:
             if not link.proven or link.owed:
                 return self._failed(i, link, exc)

@@ -183,6 +183,26 @@ def test_a_release_reaches_a_master_in_its_cool_down(fresh3: RedisGroup) -> None
     run(main)
 
 
+def test_a_release_answered_after_its_round_still_runs(fresh3: RedisGroup) -> None:
+    """As in the sync driver: a master too slow for the release's round (and for its
+    timeout) still runs it once it answers: no NOSCRIPT that nobody reads."""
+
+    async def main() -> None:
+        async with AsyncRedlock(fresh3.urls, master_timeout=0.1) as dlm:
+            lock = await dlm.acquire("r", 30)
+            assert lock is not None
+            key = dlm.settings.key("r")
+            with fresh3[2].client() as client:
+                assert await until(lambda: client.exists(key) == 1, timeout=5)
+                fresh3[2].pause()
+                assert await lock.release()  # settled by masters 0 and 1
+                await asyncio.sleep(0.3)  # past master 2's timeout
+                fresh3[2].resume()
+                assert await until(lambda: client.exists(key) == 0, timeout=5)
+
+    run(main)
+
+
 def test_connections_outlive_a_master_restart() -> None:
     async def main() -> None:
         with RedisGroup(3, appendonly=True) as group:
