@@ -8,13 +8,15 @@ Usage::
     with dlm.lock("report:2024-06", ttl=30, blocking=True, timeout=10) as lock:
         ...  # lock.validity says how many seconds are still safely ours
 
-How a round runs: each thread owns one connection per master. The command goes out to
-every master before any reply is read (scatter), then replies are read as they arrive
-(``poll`` over all sockets at once) until the round is settled, which is as soon as a
-quorum said yes or can no longer say it. A master that has not answered by then keeps its
-reply owed on that connection and is drained at its next use; commands on one connection
-stay in order, so a clean-up never overtakes the call it cleans up after. A master that
-misses the per-master timeout is disconnected and skipped for a short cool-down.
+How a round runs: each operation has one connection per master to itself (see
+:class:`_Driver`). The command goes out to every master before any reply is read
+(scatter), then replies are read as they arrive (``poll`` over all sockets at once) until
+the round is settled, which is as soon as a quorum said yes or can no longer say it. A
+master that has not answered by then keeps its reply owed on that connection and is
+drained at its next use; commands on one connection stay in order, so a clean-up never
+overtakes the call it cleans up after. A master that misses the per-master timeout is
+skipped for a short cool-down (except by releases), and disconnected once a reply it owes
+is overdue.
 """
 
 from __future__ import annotations
@@ -229,22 +231,35 @@ class _Link:
 
 
 class _Driver:
-    """Runs the shared algorithm's effects with blocking sockets."""
+    """Runs the shared algorithm's effects with blocking sockets.
+
+    Each operation takes a set of connections (one per master) that no other operation
+    uses while it runs, and leaves it for the next: a thread or greenlet reuses the set it
+    left, and a pool of them, as gevent's, holds as many as ran at once. An operation cut
+    off mid-round (a soft time limit, ``gevent.Timeout``, KeyboardInterrupt) closes its
+    set: a reply still on its way would otherwise be read as the answer to the next call.
+    """
 
     def __init__(self, manager: Redlock) -> None:
         self._m = manager
-        self._local = threading.local()
+        self._free: list[tuple[int, list[_Link]]] = []  # (fork generation, links) not in use
         self._all: weakref.WeakSet[_Link] = weakref.WeakSet()
 
     def run(self, algorithm: _quorum.Algorithm) -> Any:
         """Drive one operation to its end; the loop the asyncio driver mirrors."""
         listener: _Listener | None = None
         result: Any = None
+        links = self.links()
         try:
             while True:
                 effect = algorithm.send(result)
                 if isinstance(effect, Round):
-                    result = self.round(effect)
+                    try:
+                        result = self.round(effect, links)
+                    except BaseException:
+                        for link in links:
+                            link.reset()
+                        raise
                 elif isinstance(effect, Listen):
                     listener = listener or _Listener(self._m)
                     listener.listen(effect.channel)
@@ -255,28 +270,29 @@ class _Driver:
         except StopIteration as stop:
             return stop.value
         finally:
+            self._free.append((_generation, links))
             if listener is not None:
                 listener.close()
 
     def links(self) -> list[_Link]:
-        cached = getattr(self._local, "links", None)
-        if cached is None or cached[0] != _generation:
-            timeout = self._m.settings.master_timeout
-            links = [_Link(spec, timeout, self._m.clock) for spec in self._m._specs]
-            self._all.update(links)
-            cached = (_generation, links)
-            self._local.links = cached
-        return cached[1]
+        """A set of connections for one operation (list pop and append are atomic)."""
+        while self._free:
+            generation, links = self._free.pop()
+            if generation == _generation:  # else the parent's, before a fork: dropped
+                return links
+        timeout = self._m.settings.master_timeout
+        links = [_Link(spec, timeout, self._m.clock) for spec in self._m._specs]
+        self._all.update(links)
+        return links
 
     def close(self) -> None:
         for link in list(self._all):
             link.reset()
 
-    def round(self, rnd: Round) -> list[Vote]:
+    def round(self, rnd: Round, links: list[_Link]) -> list[Vote]:
         m = self._m
         timeout = m.settings.master_timeout
         targets = rnd.targets if rnd.targets is not None else range(len(m._specs))
-        links = self.links()
         now = m.clock()
         votes: list[Vote | None] = [None] * len(targets)
         waiting: dict[int, tuple[int, int]] = {}  # fd -> (position in votes, master)

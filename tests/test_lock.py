@@ -6,6 +6,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 import warnings
@@ -578,6 +579,44 @@ def test_a_late_noscript_sends_the_release_again_with_its_source(fresh3: RedisGr
         assert keys_on(fresh3, key)[2] is not None  # the premise: not run
         assert not dlm.locked("other")  # the next round on that connection reads it...
         assert wait_for(lambda: keys_on(fresh3, key) == [None] * 3, timeout=5)  # ...sends it
+
+
+class _Cut(Exception):
+    """Raised from a signal handler into a round, as a soft time limit would be."""
+
+
+def test_a_round_cut_off_midway_never_lends_its_replies_to_the_next_call(
+    fresh3: RedisGroup,
+) -> None:
+    """Replies still on their way when a round is cut off (a soft time limit, gevent's
+    Timeout, KeyboardInterrupt) must not be read as the next call's answers: here they
+    would make a resource held by someone else look free to us."""
+
+    def cut(_signum: int, _frame: object) -> None:
+        raise _Cut
+
+    with Redlock(fresh3.urls, master_timeout=5) as dlm:
+        warm = dlm.acquire("warm", 10)  # connections open
+        assert warm is not None
+        warm.release()
+        fresh3[1].pause()
+        fresh3[2].pause()
+        previous = signal.signal(signal.SIGALRM, cut)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            with pytest.raises(_Cut):
+                dlm.acquire("first", 30)  # waits for masters 1 and 2 when it is cut off
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        fresh3[1].resume()
+        fresh3[2].resume()  # both now say yes to "first", on the connections cut off
+        key = dlm.settings.key("held")
+        for server in fresh3:
+            with server.client() as client:
+                client.set(key, "someone-else", px=30_000)
+        time.sleep(0.1)
+        assert dlm.acquire("held", 30) is None
 
 
 def test_holder_names_the_owner_a_quorum_agrees_on(fresh3: RedisGroup) -> None:
