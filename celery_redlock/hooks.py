@@ -12,8 +12,8 @@ What it sets, and why there:
 - A worker bootstep that checks the settings when the worker starts. Signal receivers
   would not do: Celery logs and ignores their exceptions, and a worker must refuse to
   start on a bad setting. The step also locks the ``redlock_tasks``, warns when the broker
-  serves as the only master, refuses the gevent and eventlet pools, and under prefork
-  enables the reaper (``_reaper``), before the pool forks.
+  serves as the only master, refuses the eventlet pool, and under prefork enables the
+  reaper (``_reaper``), before the pool forks.
 - ``app.on_after_finalize``: locks the ``redlock_tasks`` in every process, so that
   publishers deduplicate them too (``celeryd_init`` is only sent by ``celery worker``,
   ``worker_init`` only in a worker's main process).
@@ -42,7 +42,9 @@ __all__ = ["install"]
 
 logger = logging.getLogger("celery_redlock")
 
-_UNSUPPORTED_POOLS = ("gevent", "eventlet")
+#: Pools whose workers cannot run our lock client: eventlet's patching deletes
+#: ``select.poll``, in which the client waits for replies (gevent makes it cooperative).
+_UNSUPPORTED_POOLS = ("eventlet",)
 
 
 def install(app: Any) -> None:
@@ -78,8 +80,9 @@ def prepare_worker(worker: Any) -> None:
     pool = _pool_name(worker.pool_cls)
     if pool in _UNSUPPORTED_POOLS:
         raise ConfigurationError(
-            f"celery_redlock does not support the {pool} pool: its lock client blocks on"
-            " sockets and renews locks from a thread; use prefork, threads or solo"
+            f"celery_redlock does not support the {pool} pool: its lock client waits for"
+            " replies in select.poll, which eventlet's monkey-patching removes; use"
+            " prefork, threads, solo or gevent"
         )
     state = state_of(app)
     config = state.config

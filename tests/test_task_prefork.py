@@ -61,8 +61,15 @@ class PreforkWorker:
 
 
 def start_prefork(
-    redis_broker: RedisServer, masters: RedisGroup, tmp: Path, lease: float, concurrency: int = 3
+    redis_broker: RedisServer,
+    masters: RedisGroup,
+    tmp: Path,
+    lease: float,
+    *,
+    concurrency: int = 3,
+    pool: str = "prefork",
 ) -> PreforkWorker:
+    """A ``celery worker`` subprocess (``-P prefork`` unless ``pool`` says otherwise)."""
     ns = uuid.uuid4().hex[:12]
     env = {
         **os.environ,
@@ -81,7 +88,7 @@ def start_prefork(
         "tests.prefork_app",
         "worker",
         "-P",
-        "prefork",
+        pool,
         "-c",
         str(concurrency),
         "-l",

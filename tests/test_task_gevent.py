@@ -1,0 +1,61 @@
+"""A real ``celery worker -P gevent`` subprocess: the lock client waits cooperatively, so
+duplicates among concurrent greenlets never overlap, different keys run side by side, and
+a run outliving its lease keeps its lock (renewed from a greenlet)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from celery_redlock import is_skipped
+from celery_redlock.testing import RedisGroup, RedisServer
+from tests.celery_helpers import close_app, wait_for
+from tests.celery_tasks import probe_of
+from tests.test_task_policies import assert_no_overlap
+from tests.test_task_prefork import TIMEOUT, PreforkWorker, start_prefork
+
+pytest_plugins = ["tests.celery_fixtures"]
+
+LEASE = 2.0  # short, so that the renewal test outlives it
+
+
+@pytest.fixture(scope="module")
+def gevent_worker(
+    redis_broker: RedisServer, lock_masters: RedisGroup, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PreforkWorker]:
+    tmp = tmp_path_factory.mktemp("gevent")
+    worker = start_prefork(redis_broker, lock_masters, tmp, LEASE, concurrency=20, pool="gevent")
+    yield worker
+    worker.stop()
+    close_app(worker.app)
+    log = worker.log.read_text(errors="replace")
+    assert "lost its lock" not in log, log
+
+
+def test_duplicates_among_greenlets_never_overlap(gevent_worker: PreforkWorker) -> None:
+    task = gevent_worker.app.tasks["hold_skip"]
+    results = [task.delay("g-dup", 0.5) for _ in range(20)]
+    values = [r.get(timeout=TIMEOUT) for r in results]
+    ran = [v for v in values if v == "g-dup"]
+    assert len(ran) >= 1
+    assert len(ran) + sum(map(is_skipped, values)) == 20
+    assert_no_overlap(probe_of(gevent_worker.app))
+
+
+def test_different_keys_run_side_by_side(gevent_worker: PreforkWorker) -> None:
+    meet = gevent_worker.app.tasks["meet"]
+    results = [meet.delay(f"g-meet-{i}", "g-party", size=5) for i in range(5)]
+    assert [r.get(timeout=TIMEOUT) for r in results] == [True] * 5
+
+
+def test_a_run_outliving_its_lease_keeps_its_lock(gevent_worker: PreforkWorker) -> None:
+    hold = gevent_worker.app.tasks["hold_skip"]
+    first = hold.delay("g-long", 3 * LEASE)
+    wait_for(lambda: hold.is_locked("g-long", 0), what="the long run to start")
+    time.sleep(1.5 * LEASE)  # past the lease it took: only renewal keeps it
+    assert hold.is_locked("g-long", 0)
+    assert is_skipped(hold.delay("g-long", 0).get(timeout=TIMEOUT))
+    assert first.get(timeout=TIMEOUT) == "g-long"
+    assert not hold.is_locked("g-long", 0)
