@@ -50,6 +50,9 @@ _IO_ERRORS = (
 #: Sent on every new connection (see ``_scripts.loads``).
 _LOADS = loads()
 
+#: Marks a connection whose socket has had our scripts sent (see ``_call``).
+_LOADED = "_celery_redlock_loaded"
+
 #: Marks a connection that has answered before (see ``_call_once_more_if_stale``).
 _PROVEN = "_celery_redlock_proven"
 
@@ -113,9 +116,8 @@ class _Driver:
         m = self._m
         targets = rnd.targets if rnd.targets is not None else range(len(m._specs))
         now = m.clock()
-        deadline = now + m.settings.master_timeout
         votes: list[Vote | None] = [None] * len(targets)
-        tasks: dict[asyncio.Task[Vote], int] = {}
+        send: list[tuple[int, int]] = []  # (position in votes, master)
         for pos, i in enumerate(targets):
             skip = m._health[i].skip_reason(now)
             # A release reaches a master in its cool-down too (Call.safe_anytime), as in
@@ -123,7 +125,20 @@ class _Driver:
             if skip is not None and not (rnd.call.safe_anytime and self._idle[i]):
                 votes[pos] = Vote(m._specs[i].name, Outcome.ERROR, error=skip)
             else:
-                tasks[asyncio.ensure_future(self._exchange(i, rnd.call, deadline))] = pos
+                send.append((pos, i))
+        # As in the sync driver, the per-master timeout bounds the wait for replies, not
+        # the set-up of new connections (handshake, TLS, AUTH), which is bounded by its own.
+        fresh = [(pos, i) for pos, i in send if not self._idle[i]]
+        if fresh:
+            opened = await asyncio.gather(*(self._open(i) for _pos, i in fresh))
+            for (pos, _i), failure in zip(fresh, opened, strict=True):
+                votes[pos] = failure
+        deadline = m.clock() + m.settings.master_timeout
+        tasks: dict[asyncio.Task[Vote], int] = {
+            asyncio.ensure_future(self._exchange(i, rnd.call, deadline)): pos
+            for pos, i in send
+            if votes[pos] is None
+        }
         pending = set(tasks) if rnd.wait else set()
         count = _quorum.Count(votes, m.policy.masters)
         while not count.decided(len(pending)):
@@ -144,6 +159,24 @@ class _Driver:
                 task.add_done_callback(self._background.discard)
                 votes[pos] = Vote(m._specs[targets[pos]].name, Outcome.ERROR, error=error)
         return [v for v in votes if v is not None]
+
+    async def _open(self, i: int) -> Vote | None:
+        """A new connection to master ``i``, left idle for the round's exchange; an ERROR
+        vote if it cannot be made (within the connect and read timeouts)."""
+        m = self._m
+        conn = self._factories[i]()
+        try:
+            await conn.connect()
+        except _IO_ERRORS as exc:
+            await conn.disconnect()
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else "no connection in time"
+            m._health[i].failed(m.clock(), error)
+            return Vote(m._specs[i].name, Outcome.ERROR, error=error)
+        except BaseException:
+            await conn.disconnect()
+            raise
+        self._idle[i].append(conn)
+        return None
 
     async def _exchange(self, i: int, call: Call, deadline: float) -> Vote:
         """One call to master ``i`` on a connection of its own; never raises."""
@@ -185,12 +218,13 @@ class _Driver:
 
     @staticmethod
     async def _call(conn: Any, call: Call) -> Any:
-        # A new connection loads our scripts ahead of the call, in the same write: the
+        # A connection's first call loads our scripts ahead of it, in the same write: the
         # call goes out even if the master answers nothing in time.
-        loads = () if conn.is_connected else _LOADS
+        loads = _LOADS if not conn.is_connected or not getattr(conn, _LOADED, False) else ()
         await conn.send_packed_command(
             conn.pack_commands([*loads, call.command()]), check_health=False
         )
+        setattr(conn, _LOADED, True)  # for this socket: a reconnect finds is_connected False
         for _ in loads:
             with contextlib.suppress(ResponseError):  # an ACL without SCRIPT: EVAL still works
                 await conn.read_response()
