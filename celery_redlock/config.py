@@ -25,8 +25,9 @@ MAX_RESOURCE_LENGTH = 1024
 class LockSettings:
     """Defaults for a :class:`~celery_redlock.Redlock`; per-call arguments override some.
 
-    - ``master_timeout`` (0.1 s): the most one round waits for any one master, connecting
-      included. Much smaller than any TTL, so a hung master costs a round at most this.
+    - ``master_timeout`` (0.1 s): the most one round waits for replies; opening a new
+      connection (handshake, TLS, AUTH) has a bound of its own of the same length. Much
+      smaller than any TTL, so a hung master costs a round at most this.
     - ``retry_count`` (3): how many more rounds after a split vote or an outage before
       giving up (a held resource ends a non-blocking call at once).
     - ``retry_delay`` (0.2 s): the upper bound of the random delay between those rounds.
