@@ -166,15 +166,17 @@ class Call(NamedTuple):
 
     @property
     def safe_anytime(self) -> bool:
-        """Whether running this call on any master at any later moment is harmless: only a
-        release, an owner-checked delete (whoever holds the key later has another token).
+        """Whether running this call on any master at any later moment is harmless: a
+        release, or the undo of a lost round, each an owner-checked delete (whoever holds
+        the key later has another token).
 
-        So drivers send a release to masters they skip after a failure too, and send it
+        So drivers send them to masters they skip after a failure too, and send a release
         again with its script's source when a master answers NOSCRIPT after the round is
-        over. Either way a key left behind would leave the resource a master short of its
-        fault tolerance until it expires (two such hiccups: nobody could lock it).
+        over (an undo goes out with its source already). Either way a key left behind would
+        leave the resource a master short of its fault tolerance until it expires (two such
+        hiccups: nobody could lock it).
         """
-        return self.verb is Verb.RELEASE
+        return self.verb in (Verb.RELEASE, Verb.UNDO)
 
     def command(self) -> tuple[Any, ...]:
         """The command as sent in the common case (EVALSHA, or PTTL for inspection)."""

@@ -120,8 +120,9 @@ class _Driver:
         send: list[tuple[int, int]] = []  # (position in votes, master)
         for pos, i in enumerate(targets):
             skip = m._health[i].skip_reason(now)
-            # A release reaches a master in its cool-down too (Call.safe_anytime), as in
-            # the sync driver over a connection already open, never a new one.
+            # A release or an undo reaches a master in its cool-down too (safe_anytime),
+            # over a connection already open, never a new one (the sync driver sends every
+            # clean-up on the connection its call went out on).
             if skip is not None and not (rnd.call.safe_anytime and self._idle[i]):
                 votes[pos] = Vote(m._specs[i].name, Outcome.ERROR, error=skip)
             else:

@@ -19,7 +19,7 @@ from celery_redlock import (
     Redlock,
     _quorum,
 )
-from celery_redlock._scripts import Outcome
+from celery_redlock._scripts import Call, Outcome, Verb
 from celery_redlock.testing import FaultProxy, RedisGroup
 
 T = TypeVar("T")
@@ -199,6 +199,26 @@ def test_a_release_answered_after_its_round_still_runs(fresh3: RedisGroup) -> No
                 assert await lock.release()  # settled by masters 0 and 1
                 await asyncio.sleep(0.3)  # past master 2's timeout
                 fresh3[2].resume()
+                assert await until(lambda: client.exists(key) == 0, timeout=5)
+
+    run(main)
+
+
+def test_an_undo_reaches_a_master_in_its_cool_down(fresh3: RedisGroup) -> None:
+    """The clean-up of a lost round is an owner-checked delete too: a master skipped after
+    a failure still gets it over an idle connection, instead of keeping our key."""
+
+    async def main() -> None:
+        async with AsyncRedlock(fresh3.urls) as dlm:
+            lock = await dlm.acquire("r", 30)  # leaves a connection idle on every master
+            assert lock is not None
+            key = dlm.settings.key("r")
+            with fresh3[2].client() as client:
+                assert await until(lambda: client.exists(key) == 1, timeout=5)
+                await asyncio.sleep(0.05)  # its exchange done, the connection back as idle
+                dlm._health[2].failed(dlm.clock(), "a hiccup")
+                undo = _quorum.Round(Call(Verb.UNDO, key, lock.token), wait=False)
+                await dlm._driver.round(undo)
                 assert await until(lambda: client.exists(key) == 0, timeout=5)
 
     run(main)
