@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from celery.exceptions import TimeLimitExceeded
 
 from celery_redlock import is_skipped
 from celery_redlock.testing import RedisGroup, RedisServer
@@ -59,3 +60,15 @@ def test_a_run_outliving_its_lease_keeps_its_lock(gevent_worker: PreforkWorker) 
     assert is_skipped(hold.delay("g-long", 0).get(timeout=TIMEOUT))
     assert first.get(timeout=TIMEOUT) == "g-long"
     assert not hold.is_locked("g-long", 0)
+
+
+def test_the_hard_time_limit_frees_the_key_at_once(gevent_worker: PreforkWorker) -> None:
+    """gevent enforces the hard limit by raising into the task's greenlet: the run's
+    finally releases the lock, so the key is free long before renewal (which would keep
+    it up to the limit plus a lease) or expiry could free it."""
+    task = gevent_worker.app.tasks["hard_limited"]  # time_limit=1.5
+    result = task.delay("g-hard")
+    gevent_worker.pid_of("g-hard")
+    assert gevent_worker.free_after("hard_limited", "g-hard", timeout=10) < 1.5 + 1.0
+    with pytest.raises(TimeLimitExceeded):
+        result.get(timeout=TIMEOUT)
