@@ -110,6 +110,7 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
     _lock_options: ClassVar[LockOptions | None] = None
     _lock_spec: ClassVar[KeySpec | None] = None
     _lock_state: ClassVar[Any] = None  # the app's AppState, kept at bind: asked every run
+    _plain_call: ClassVar[bool] = False  # no class between us and Task overrides __call__
 
     @classmethod
     def on_bound(cls, app: Any) -> None:
@@ -136,6 +137,7 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
         check_ttls(options, config.lock, lambda n: f"lock_{n} of {where}")
         cls._lock_options = options
         cls._lock_spec = KeySpec.parse(cls.name, _run_signature(cls), _raw(cls, "lock_key"))
+        cls._plain_call = _next_call(cls) is Task.__call__
 
     @property
     def lock_options(self) -> LockOptions:
@@ -170,6 +172,12 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
         call = super().__call__
         if self.request.called_directly:
             return call(*args, **kwargs)
+        if self._plain_call:
+            # Celery's tracer has pushed this run's request and task already, and calls
+            # ``run`` itself for a task that does not override __call__; Task.__call__
+            # would push both again (a copy of the request per run). Unless a class
+            # between us and Task has a __call__ of its own, do as the tracer does.
+            call = self.run
         return _run.run(self, args, kwargs, lambda: call(*args, **kwargs))
 
     def retry(  # noqa: PLR0917 - Celery's signature
@@ -235,6 +243,16 @@ def _check_option_names(cls: type[SingletonTask], where: str) -> None:
                 f" {name.replace('redlock_', 'lock_', 1)}"
             )
     check_attribute_names(given - ours, where)
+
+
+def _next_call(cls: type[Any]) -> Any:
+    """The ``__call__`` that ``super()`` in :meth:`SingletonTask.__call__` reaches for
+    ``cls``: Task's own, or one a base class listed after SingletonTask defines."""
+    mro = cls.__mro__
+    for klass in mro[mro.index(SingletonTask) + 1 :]:
+        if "__call__" in vars(klass):
+            return vars(klass)["__call__"]
+    return None
 
 
 def _raw(cls: type[Any], name: str) -> Any:

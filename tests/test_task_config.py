@@ -60,6 +60,44 @@ def test_a_listed_plain_task_runs_one_at_a_time_in_the_worker(make_celery: AppFa
     assert_no_overlap(probe_of(app))
 
 
+def test_a_base_class_call_still_wraps_the_body(make_celery: AppFactory) -> None:
+    """SingletonTask runs the body as Celery's tracer does (``run``, the request it pushed)
+    unless a base class after it has a ``__call__`` of its own, which must then run: as
+    a listed task's base, and as a base next to SingletonTask."""
+    app = make_celery(
+        redlock_tasks={"proj.listed": {"lock_key": ["key"]}}, task_default_queue="q-call"
+    )
+    probe = probe_of(app)
+
+    class Traced(app.Task):  # type: ignore[misc,name-defined]
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            probe.mark(f"traced:{self.name}", self.request.id or "direct")
+            return super().__call__(*args, **kwargs)
+
+    def body(self: Any, key: str) -> list[Any]:
+        request = self.request
+        return [key, request.id, request.retries, self.is_locked(key)]
+
+    task = task_decorator(app)
+    listed = task(bind=True, base=Traced, name="proj.listed")(body)
+    mixed = task(bind=True, base=type("Mixed", (SingletonTask, Traced), {}), name="proj.mixed")(
+        body
+    )
+    plain = task(bind=True, base=SingletonTask, name="proj.plain")(body)
+    with running_worker(app, concurrency=2):
+        results = {t.name: t.delay("k") for t in (listed, mixed, plain)}
+        values = {name: r.get(timeout=TIMEOUT) for name, r in results.items()}
+    for name, result in results.items():
+        assert values[name] == ["k", result.id, 0, True], name  # its own request, locked
+    assert probe.marks("traced:proj.listed") == [results["proj.listed"].id]
+    assert probe.marks("traced:proj.mixed") == [results["proj.mixed"].id]
+    tasks = app.tasks
+    assert isinstance(tasks["proj.listed"], SingletonTask)
+    assert tasks["proj.plain"]._plain_call  # Celery's fast path: run, under its request
+    assert not tasks["proj.mixed"]._plain_call
+    assert not tasks["proj.listed"]._plain_call
+
+
 def test_settings_under_the_celery_namespace_reach_the_worker(
     redis_broker: RedisServer, lock_masters: RedisGroup
 ) -> None:
