@@ -84,9 +84,9 @@ class _Link:
     Replies are parsed from what the driver reads (:mod:`celery_redlock._resp`).
 
     ``owed`` holds one entry per reply still due for a command whose round settled
-    without it: the command again with its script's source for a release (sent again if
-    the late reply is NOSCRIPT: a master that lost its scripts would otherwise drop it
-    unseen), else None. ``owed_since`` is when the oldest of them was sent: a master that
+    without it: the call, for a release (sent again with its script's source if the late
+    reply is NOSCRIPT: a master that lost its scripts would otherwise drop it unseen),
+    else None. ``owed_since`` is when the oldest of them was sent: a master that
     owes a reply for longer than the per-master timeout is hung, even if every round
     settled without it.
     """
@@ -109,7 +109,7 @@ class _Link:
         self.clock = clock
         self.sock: socket.socket | None = None
         self.reader = _resp.new_reader()
-        self.owed: collections.deque[bytes | None] = collections.deque()
+        self.owed: collections.deque[Call | None] = collections.deque()
         self.owed_since = 0.0
         self.proven = False  # answered before: a failure may just mean the master restarted
 
@@ -199,17 +199,18 @@ class _Link:
         self.conn.disconnect()
         self.sock = None
 
-    def owe(self, now: float, again: bytes | None = None) -> None:
+    def owe(self, now: float, again: Call | None = None) -> None:
         if not self.owed:
             self.owed_since = now
         self.owed.append(again)
 
-    def settle(self, reply: Any, clock: Callable[[], float]) -> None:
-        """An owed reply arrived: send its command again (owed in turn) where it asks."""
+    def settle(self, reply: Any) -> None:
+        """An owed reply arrived: a NOSCRIPT to a call kept for it sends the call again
+        with its script's source (owed in turn)."""
         again = self.owed.popleft()
         if again is not None and isinstance(reply, RedisError) and is_noscript(reply):
-            self.send(again)
-            self.owe(clock())
+            self.send(_resp.pack(again.fallback()))
+            self.owe(self.clock())
 
     def overdue(self, now: float, timeout: float) -> bool:
         """Whether replies owed for longer than ``timeout`` are still missing (the ones
@@ -217,7 +218,7 @@ class _Link:
         if not self.owed or now - self.owed_since <= timeout:
             return False  # nothing owed, or not for long: the next read drains it in order
         while self.owed and (reply := self.take()) is not _resp.INCOMPLETE:
-            self.settle(reply, lambda: now)
+            self.settle(reply)
             self.owed_since = now  # what is still owed was sent no earlier than this
         return bool(self.owed) and now - self.owed_since > timeout
 
@@ -392,7 +393,7 @@ class _Driver:
         # sent next goes behind the call on it, in order. A master that stays silent is
         # found hung by the next round's overdue check, and only then disconnected.
         expired = now >= deadline
-        again = _resp.pack(rnd.call.fallback()) if waiting and rnd.call.safe_anytime else None
+        again = rnd.call if rnd.call.safe_anytime else None
         for pos, i in waiting.values():
             links[i].owe(now, again)
             if expired:
@@ -411,7 +412,7 @@ class _Driver:
                     return None
                 if not link.owed:
                     break
-                link.settle(reply, self._m.clock)  # the answer to a round that settled
+                link.settle(reply)  # the answer to a round that settled without it
         except _IO_ERRORS as exc:
             if not link.proven or link.owed:
                 return self._failed(i, link, exc)
