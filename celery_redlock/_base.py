@@ -71,6 +71,8 @@ class ManagerBase:
             self.settings.retry_delay,
         )
         self._ctx = _quorum.Context(clock, _rng, new_token)
+        #: Monotonic seconds: the clock the algorithm is given (injected by the simulator).
+        self.clock = clock
         if len(self._specs) % 2 == 0:
             logger.warning(
                 "%d Redis masters: an even count tolerates no more failures than %d would;"
@@ -87,9 +89,6 @@ class ManagerBase:
     @property
     def quorum(self) -> int:
         return self.policy.quorum
-
-    def clock(self) -> float:
-        return self._ctx.clock()
 
     def _request(
         self,

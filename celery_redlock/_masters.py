@@ -192,6 +192,8 @@ def parse_masters(masters: Sequence[Any]) -> tuple[MasterSpec, ...]:
 
 def seconds(value: Any, setting: str, *, allow_zero: bool = False) -> float:
     """A duration setting in seconds, from a number or a ``timedelta``, checked finite."""
+    if type(value) is float and 0.0 < value < math.inf:
+        return value  # the usual case, checked on every acquire: a settled, positive float
     total = value.total_seconds() if hasattr(value, "total_seconds") else value
     if isinstance(total, bool) or not isinstance(total, (int, float)):
         raise ConfigurationError(

@@ -20,7 +20,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NamedTuple, TypeAlias
 
@@ -95,8 +95,12 @@ class Tally(NamedTuple):
 
     @classmethod
     def of(cls, votes: Sequence[Vote], n: int) -> Tally:
-        yes = sum(v.outcome is Outcome.YES for v in votes)
-        no = sum(v.outcome is Outcome.NO for v in votes)
+        yes = no = 0
+        for vote in votes:
+            if vote.outcome is Outcome.YES:
+                yes += 1
+            elif vote.outcome is Outcome.NO:
+                no += 1
         return cls(yes, no, n - yes - no, quorum(n))
 
     def verdict(self, in_time: bool = True) -> Verdict:
@@ -139,25 +143,31 @@ def decided(yes: int, no: int, errors: int, pending: int, masters: int) -> bool:
 class Count:
     """A running tally for a driver reading one round's replies as they arrive."""
 
-    __slots__ = ("errors", "masters", "no", "yes")
+    __slots__ = ("errors", "masters", "need", "no", "yes")
 
     def __init__(self, votes: Sequence[Vote | None], masters: int) -> None:
         self.masters = masters
+        self.need = quorum(masters)
         self.yes = self.no = self.errors = 0
         for vote in votes:
             if vote is not None:
                 self.add(vote)
 
     def add(self, vote: Vote) -> None:
-        if vote.outcome is Outcome.YES:
+        outcome = vote.outcome
+        if outcome is Outcome.YES:
             self.yes += 1
-        elif vote.outcome is Outcome.NO:
+        elif outcome is Outcome.NO:
             self.no += 1
         else:
             self.errors += 1
 
     def decided(self, pending: int) -> bool:
-        return decided(self.yes, self.no, self.errors, pending, self.masters)
+        """:func:`decided`, inline: drivers ask it after every reply."""
+        need = self.need
+        return (
+            not pending or self.yes >= need or self.no >= need or self.errors > self.masters - need
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,17 +215,16 @@ class Context:
     new_token: Callable[[], str]
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
+class Lease(NamedTuple):
     """What a won round proves: ``token`` holds ``key`` on a quorum until ``valid_until``
-    (on the context's clock)."""
+    (on the context's clock). A named tuple, as the per-round values are (see ``Call``)."""
 
     resource: str
     key: str
     token: str
     ttl: float
     valid_until: float
-    votes: tuple[Vote, ...] = field(default=(), compare=False)
+    votes: tuple[Vote, ...] = ()
 
 
 class AcquireRequest(NamedTuple):
@@ -409,7 +418,7 @@ def extend(lease: Lease, ttl: float, policy: Policy, ctx: Context) -> Algorithm:
     tally = Tally.of(votes, policy.masters)
     until = valid_until(start, ttl, policy.drift_factor)
     if tally.yes >= policy.quorum and ctx.clock() < until:
-        return replace(lease, ttl=ttl, valid_until=until, votes=tuple(votes))
+        return lease._replace(ttl=ttl, valid_until=until, votes=tuple(votes))
     if tally.no > policy.masters - policy.quorum or ctx.clock() >= lease.valid_until:
         raise LockLost(
             f"lock on {lease.resource!r} is lost: {tally.no} of {policy.masters} masters"

@@ -321,6 +321,29 @@ def test_a_lock_per_task_does_not_wake_the_renewal_thread_each_time(
     assert lock.release()
 
 
+def test_released_locks_do_not_pile_up_in_the_renewal_heap(dlm: Redlock, resource: str) -> None:
+    """A released lock leaves the renewal heap when it reaches the top; one task's lock
+    after another must not keep the lot (a worker at 1,500 tasks/s kept 15,000, with their
+    leases and votes, until each came due), also while a long-held lock sits at the top."""
+    heap = dlm._watchdog._heap
+    for i in range(100):
+        lock = dlm.acquire(f"{resource}:{i}", 30, auto_renew=True)
+        assert lock is not None
+        assert lock.release()
+    assert len(heap) <= 1
+    held = dlm.acquire(resource, 30, auto_renew=True)  # due first: at the top from now on
+    assert held is not None
+    sizes = []
+    for i in range(500):
+        lock = dlm.acquire(f"{resource}:later:{i}", 60, auto_renew=True)
+        assert lock is not None
+        assert lock.release()
+        sizes.append(len(heap))
+    assert max(sizes) <= 2 * 64  # swept whenever it doubles past the minimum
+    assert any(entry[2] is held for entry in heap)  # the held lock is still renewed
+    assert held.release()
+
+
 def test_renewal_stops_at_max_hold(dlm: Redlock, resource: str) -> None:
     lock = dlm.acquire(resource, 0.6, auto_renew=True, max_hold=1.0)
     assert lock is not None

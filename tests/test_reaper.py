@@ -39,6 +39,18 @@ def test_a_record_reads_back_and_clears(child: Reaper, tmp_path: Path) -> None:
     assert _read(path) is None
 
 
+def test_any_text_reads_back_as_written(child: Reaper, tmp_path: Path) -> None:
+    """The record is JSON built by hand: quotes, backslashes, control characters and
+    non-ASCII text in a resource must come back unchanged."""
+    resource = 'proj.t:"quoted" back\\slash \n\t\x00 caf\u00e9 \u2603 \U0001f512'
+    child.record("task-1", resource, "token:owner")
+    assert _read(_record_file(tmp_path)) == {
+        "task_id": "task-1",
+        "resource": resource,
+        "token": "token:owner",
+    }
+
+
 def test_a_shorter_record_replaces_a_longer_one(child: Reaper, tmp_path: Path) -> None:
     child.record("task-1", "r" * 300, "token-1")
     child.forget("task-1")

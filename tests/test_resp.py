@@ -14,6 +14,7 @@ from redis.exceptions import InvalidResponse, RedisError
 
 from celery_redlock import Redlock, _resp
 from celery_redlock._resp import INCOMPLETE, PyReader, error_reply, pack
+from celery_redlock._scripts import Call, Verb
 from celery_redlock.testing import RedisGroup
 
 REPLIES = [
@@ -97,6 +98,15 @@ def test_pack_matches_redis_py() -> None:
     args: tuple[Any, ...] = ("EVALSHA", "ab" * 20, 2, "redlock:x", b"\x00bin", "tok\u00e9n", 30000)
     conn = redis.Connection()  # type: ignore[no-untyped-call]
     assert pack(args) == b"".join(conn.pack_command(*args))  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.parametrize("verb", list(Verb))
+@pytest.mark.parametrize("key", ["redlock:x", "redlock:k\u00e9y \u2603 \r\n", ""])
+def test_a_call_packed_once_per_verb_is_its_command_packed(verb: Verb, key: str) -> None:
+    """Call.packed builds EVALSHA's head once per verb; it must send exactly the bytes
+    packing the whole command would."""
+    call = Call(verb, key, "t0k3n:own\u00e9r", 30000, 2500)
+    assert call.packed() == pack(call.command())
 
 
 def test_the_driver_on_the_pure_reader(monkeypatch: pytest.MonkeyPatch) -> None:
