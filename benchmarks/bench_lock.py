@@ -512,7 +512,12 @@ def hung(bench: Bench, lib: str) -> Result | None:
 
 
 def _ms(seconds: float | None) -> str:
-    return "—" if seconds is None else f"{seconds * 1000:.2f}"
+    """Milliseconds; three decimals under one (a fast machine takes a lock in 0.04 ms, where
+    two decimals would round a third of the figure away)."""
+    if seconds is None:
+        return "—"
+    ms = seconds * 1000
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}"
 
 
 def _count(result: Result, always: bool) -> str:
