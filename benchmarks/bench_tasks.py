@@ -45,7 +45,10 @@ Why it is built this way:
   together (N over the publish time plus the time from the resume to the last body). The
   85% target is judged on the worker's rate, and on its CPU per call (the plain task and
   SingletonTask publish alike); "ahead of the peers" on publish and run together, because
-  the peers take their lock in the publisher and only delete it in the worker.
+  the peers take their lock in the publisher and only delete it in the worker. A second
+  table splits the worker's CPU per call into its main process and its pool children,
+  user and system (``/proc``, in clock ticks of 10 ms, hence 1000 calls a cell): a lock's
+  Python shows as the children's user time, its sends and receives as their system time.
 - Locks: SingletonTask on three masters, and a row on one; that one-master row,
   celery-singleton and celery-once all lock the first of the three masters, a redis-server
   other than the broker's, so the broker carries the same load in every row.
@@ -65,6 +68,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -171,17 +175,55 @@ def _now() -> float:
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User plus system CPU time of a process and every thread in it (Linux ``/proc``),
-    with its children's added; None where ``/proc`` cannot tell."""
+@dataclass(frozen=True)
+class CpuSplit:
+    """CPU seconds of a worker by process and mode: its main process (which fetches,
+    dispatches and acks) and its pool children (which run the tasks), user and system."""
+
+    main_user: float
+    main_system: float
+    children_user: float
+    children_system: float
+
+    @property
+    def total(self) -> float:
+        return self.main_user + self.main_system + self.children_user + self.children_system
+
+    def __sub__(self, other: CpuSplit) -> CpuSplit:
+        return CpuSplit(
+            self.main_user - other.main_user,
+            self.main_system - other.main_system,
+            self.children_user - other.children_user,
+            self.children_system - other.children_system,
+        )
+
+
+def _own_cpu(pid: int) -> tuple[float, float, list[int]] | None:
+    """User and system CPU seconds of a process, every thread in it (Linux ``/proc``), and
+    its children's pids; None where ``/proc`` cannot tell."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         return None
     fields = stat.rpartition(")")[2].split()  # fields 14 and 15 of proc(5), after the name
-    own = (int(fields[11]) + int(fields[12])) / _TICK
-    return own + sum(cpu_seconds(int(child)) or 0.0 for child in children)
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK, [int(c) for c in children]
+
+
+def cpu_split(pid: int) -> CpuSplit | None:
+    """A worker's CPU so far: ``pid`` itself, and all its descendants summed."""
+    own = _own_cpu(pid)
+    if own is None:
+        return None
+    user, system, pending = own
+    children_user = children_system = 0.0
+    while pending:
+        found = _own_cpu(pending.pop())
+        if found is not None:
+            children_user += found[0]
+            children_system += found[1]
+            pending += found[2]
+    return CpuSplit(user, system, children_user, children_system)
 
 
 # --- the task body's instrument ----------------------------------------------------------
@@ -388,9 +430,9 @@ class Worker:
         start, self.next_arg = self.next_arg, self.next_arg + count
         return range(start, start + count)
 
-    def cpu(self) -> float | None:
+    def cpu(self) -> CpuSplit | None:
         """CPU seconds used so far by the worker: main process and pool children."""
-        return cpu_seconds(self.proc.pid)
+        return cpu_split(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is not None:
@@ -481,18 +523,22 @@ def workers(
 @dataclass(frozen=True)
 class Cell:
     """One pass of one row: seconds to publish, from the resume to the last run, and from
-    the first run to the last, for ``tasks`` calls; the worker's CPU seconds meanwhile."""
+    the first run to the last, for ``tasks`` calls; the worker's CPU meanwhile."""
 
     tasks: int
     publish: float
     drain: float
     span: float
-    cpu: float | None
+    cpu: CpuSplit | None
 
     @property
     def cpu_ms(self) -> float | None:
         """Worker CPU milliseconds per call."""
-        return None if self.cpu is None else self.cpu / self.tasks * 1000
+        return None if self.cpu is None else self.cpu.total / self.tasks * 1000
+
+    def part_us(self, part: str) -> float:
+        """Microseconds per call of one part of :class:`CpuSplit` (NaN if not measured)."""
+        return math.nan if self.cpu is None else getattr(self.cpu, part) / self.tasks * 1e6
 
     @property
     def worker_rate(self) -> float:
@@ -601,6 +647,23 @@ def _spread(cells: Sequence[Cell], rate: Callable[[Cell], float], digits: int = 
 
 def _pct(a: float | None, b: float | None) -> str:
     return "—" if a is None or b is None or not b else f"{a / b:.0%}"
+
+
+def split_table(results: Results) -> str:
+    """Worker CPU per call by process and mode (medians): which side a row's cost is on."""
+    parts = ("main_user", "main_system", "children_user", "children_system")
+    head = [
+        "task",
+        "main process: user / system, µs per call",
+        "pool children: user / system, µs per call",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, cells in results.items():
+        medians = [median(cells, functools.partial(Cell.part_us, part=part)) for part in parts]
+        shown = ["—" if m is None else f"{m:.0f}" for m in medians]
+        cols = [ROWS[row].label, f"{shown[0]} / {shown[1]}", f"{shown[2]} / {shown[3]}"]
+        lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines)
 
 
 def table(results: Results, notes: dict[str, str]) -> str:
@@ -791,6 +854,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     passes = max((len(cells) for cells in results.values()), default=0)
     about = legend(budget, passes, cores, (load, os.getloadavg()[0]))
     print(header, "", about, "", table(results, notes), "", *targets(results), sep="\n")
+    print(
+        "", "Worker CPU per call by process (`/proc`, medians):", "", split_table(results), sep="\n"
+    )
     for row, lines in complaints.items():
         if lines:
             print(f"- worker log of {row}: {len(lines)} warnings/errors, first: {lines[0]}")
