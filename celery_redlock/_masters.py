@@ -127,7 +127,10 @@ def _accepted(connection_class: type[Any]) -> set[str]:
 
 
 def _apply_overrides(connection_class: type[Any], kwargs: dict[str, Any]) -> None:
-    """Settings we impose: no handshake beyond AUTH/SELECT, no hidden retries, RESP2."""
+    """Settings we impose: no handshake beyond AUTH/SELECT, no hidden retries, RESP2, and
+    UTF-8: the sync driver packs keys and tokens itself in UTF-8, so a client's other
+    ``encoding`` would give the asyncio driver and the release listener other bytes for
+    the same resource (two holders of one lock, waiters deaf to its release)."""
     accepted = _accepted(connection_class)
     wanted: dict[str, Any] = {
         "retry": Retry(redis.backoff.NoBackoff(), 0),
@@ -135,6 +138,8 @@ def _apply_overrides(connection_class: type[Any], kwargs: dict[str, Any]) -> Non
         "health_check_interval": 0,
         "protocol": 2,
         "decode_responses": False,
+        "encoding": "utf-8",
+        "encoding_errors": "strict",
     }
     # CLIENT SETINFO costs two round trips per connection: redis-py 8 skips it with
     # driver_info=None, earlier versions with lib_name/lib_version None.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -101,6 +102,38 @@ def test_a_blocked_waiter_wakes_on_the_release_message(
             return time.monotonic() - released_at
 
     assert run(main) < 10  # far before the holder's 60 s TTL: woken by the message
+
+
+def test_both_drivers_spell_a_key_alike_whatever_the_client_encoding(
+    shared5: RedisGroup, resource: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Masters given with ``encoding="latin-1"``: a non-ASCII resource must still be one
+    key for both drivers (UTF-8, as the sync driver packs it), and a sync waiter must hear
+    its release. With the client's encoding, the asyncio driver took a lock the sync one
+    held, and the waiter only woke at its fallback poll."""
+    monkeypatch.setattr(_quorum, "FALLBACK_POLL", 60.0)
+    masters = [{"host": "127.0.0.1", "port": port, "encoding": "latin-1"} for port in shared5.ports]
+    name = f"{resource}:caf\u00e9"
+    with Redlock(masters) as dlm:
+        holder = dlm.acquire(name, 30)
+        assert holder is not None
+        with shared5[0].client() as client:
+            assert client.exists(dlm.settings.key(name).encode())
+
+        async def from_asyncio() -> None:
+            async with AsyncRedlock(masters) as adlm:
+                assert await adlm.acquire(name, 30) is None
+                assert await adlm.locked(name)
+
+        run(from_asyncio)
+        waiter = Redlock(masters)
+        try:
+            threading.Timer(0.3, holder.release).start()
+            lock = waiter.acquire(name, 10, blocking=True, timeout=20)
+            assert lock is not None  # woken by the release message, not the 60 s poll
+            assert lock.release()
+        finally:
+            waiter.close()
 
 
 def test_extend_and_expiry(shared5: RedisGroup, resource: str) -> None:
