@@ -164,20 +164,25 @@ class _Driver:
     async def _open(self, i: int) -> Vote | None:
         """A new connection to master ``i``, left idle for the round's exchange; an ERROR
         vote if it cannot be made (within the connect and read timeouts)."""
-        m = self._m
         conn = self._factories[i]()
         try:
             await conn.connect()
         except _IO_ERRORS as exc:
-            await conn.disconnect()
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else "no connection in time"
-            m._health[i].failed(m.clock(), error)
-            return Vote(m._specs[i].name, Outcome.ERROR, error=error)
+            return await self._failed(i, conn, exc, "no connection in time")
         except BaseException:
             await conn.disconnect()
             raise
         self._idle[i].append(conn)
         return None
+
+    async def _failed(self, i: int, conn: Any, exc: BaseException, silent: str) -> Vote:
+        """Master ``i`` did not answer on ``conn``: closed, its failure noted, an ERROR
+        vote (``silent`` says what was missing when the error has no text: a timeout)."""
+        m = self._m
+        await conn.disconnect()
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else silent
+        m._health[i].failed(m.clock(), error)
+        return Vote(m._specs[i].name, Outcome.ERROR, error=error)
 
     async def _exchange(self, i: int, call: Call, deadline: float) -> Vote:
         """One call to master ``i`` on a connection of its own; never raises."""
@@ -190,10 +195,7 @@ class _Driver:
             self._idle[i].append(conn)
             return Vote(name, Outcome.ERROR, error=f"{type(exc).__name__}: {exc}")
         except _IO_ERRORS as exc:
-            await conn.disconnect()
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else "no reply in time"
-            m._health[i].failed(m.clock(), error)
-            return Vote(name, Outcome.ERROR, error=error)
+            return await self._failed(i, conn, exc, "no reply in time")
         except BaseException:
             await conn.disconnect()
             raise

@@ -13,9 +13,7 @@ from celery.exceptions import TimeLimitExceeded
 from celery_redlock import is_skipped
 from celery_redlock.testing import RedisGroup, RedisServer
 from tests.celery_helpers import close_app, wait_for
-from tests.celery_tasks import probe_of
-from tests.test_task_policies import assert_no_overlap
-from tests.test_task_prefork import TIMEOUT, PreforkWorker, start_prefork
+from tests.test_task_prefork import TIMEOUT, PreforkWorker, run_duplicates, start_prefork
 
 pytest_plugins = ["tests.celery_fixtures"]
 
@@ -36,13 +34,7 @@ def gevent_worker(
 
 
 def test_duplicates_among_greenlets_never_overlap(gevent_worker: PreforkWorker) -> None:
-    task = gevent_worker.app.tasks["hold_skip"]
-    results = [task.delay("g-dup", 0.5) for _ in range(20)]
-    values = [r.get(timeout=TIMEOUT) for r in results]
-    ran = [v for v in values if v == "g-dup"]
-    assert len(ran) >= 1
-    assert len(ran) + sum(map(is_skipped, values)) == 20
-    assert_no_overlap(probe_of(gevent_worker.app))
+    run_duplicates(gevent_worker.app, "g-dup", 20)
 
 
 def test_different_keys_run_side_by_side(gevent_worker: PreforkWorker) -> None:

@@ -131,14 +131,20 @@ def prefork(
     close_app(worker.app)
 
 
-def test_duplicates_across_pool_processes_never_overlap(prefork: PreforkWorker) -> None:
-    task = prefork.app.tasks["hold_skip"]
-    results = [task.delay("dup", 0.5) for _ in range(9)]
+def run_duplicates(app: Celery, key: str, count: int) -> None:
+    """``count`` calls of one key at once: at least one runs, the rest are skipped, and no
+    two runs overlapped."""
+    task = app.tasks["hold_skip"]
+    results = [task.delay(key, 0.5) for _ in range(count)]
     values = [r.get(timeout=TIMEOUT) for r in results]
-    ran = [v for v in values if v == "dup"]
+    ran = [v for v in values if v == key]
     assert len(ran) >= 1
-    assert len(ran) + sum(map(is_skipped, values)) == 9
-    assert_no_overlap(probe_of(prefork.app))
+    assert len(ran) + sum(map(is_skipped, values)) == count
+    assert_no_overlap(probe_of(app))
+
+
+def test_duplicates_across_pool_processes_never_overlap(prefork: PreforkWorker) -> None:
+    run_duplicates(prefork.app, "dup", 9)
 
 
 def test_sigkill_of_the_child_frees_the_key_at_once(prefork: PreforkWorker) -> None:
