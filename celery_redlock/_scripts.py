@@ -52,6 +52,32 @@ class Script:
 #: the same for every key prefix: a restart loses every client's keys alike.
 BOOT_KEY = "__celery_redlock_boot__"
 
+
+class Marker(NamedTuple):
+    """A boot marker's value: when the master started serving locks (its clock, ms), and
+    the longest restart guard (ms) declared to it (0 where the marker does not say)."""
+
+    boot_ms: int
+    guard_ms: int = 0
+
+
+def parse_marker(raw: bytes | str | None) -> Marker | None:
+    """The boot marker as stored (``boot_ms``, or ``boot_ms:guard_ms``); None when absent.
+
+    The one reader of the marker's format outside the acquire script, for the operator
+    views and the test servers. An unreadable value reads as absent: such a master
+    cannot prove it kept its data.
+    """
+    if raw is None:
+        return None
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    boot, _sep, guard = text.partition(":")
+    try:
+        return Marker(int(boot), int(guard) if guard else 0)
+    except ValueError:
+        return None
+
+
 # KEYS[1] lock key; KEYS[2] boot marker; ARGV[1] token; ARGV[2] ttl in ms;
 # ARGV[3] restart guard in ms (0: off).
 # Returns {1, 0} when the key is now ours (newly set, or already ours and re-armed: an

@@ -16,7 +16,7 @@ import redis
 
 from celery_redlock._base import ManagerBase
 from celery_redlock._masters import MasterSpec
-from celery_redlock._scripts import BOOT_KEY
+from celery_redlock._scripts import BOOT_KEY, parse_marker
 
 __all__ = ["LockInfo", "MasterStatus", "arm", "force_release", "list_locks", "master_status"]
 
@@ -87,7 +87,8 @@ def _status(spec: MasterSpec, client: redis.Redis, manager: ManagerBase) -> Mast
         return MasterStatus(spec.name, False, error=f"{type(exc).__name__}: {exc}")
     master_ms = seconds * 1000 + micros / 1000
     offset = master_ms - (sent + received) * 500  # against the midpoint of our round trip
-    boot_ms = int(boot) if boot is not None else None
+    marker = parse_marker(boot)
+    boot_ms = None if marker is None else marker.boot_ms
     guard = manager.settings.restart_guard
     guard_left = None
     if guard and boot_ms is not None:
