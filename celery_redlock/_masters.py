@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,16 +56,46 @@ class MasterSpec:
         return kw
 
 
+#: A URL's scheme, as far as it is one (``redis:``, also ``redis:/`` missing a slash).
+_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*:")
+#: A query parameter whose value may be a credential: redacted with everything after it.
+_SECRET_PARAM = re.compile(
+    r"([?&;][^=&;?#]*(?:pass|secret|token|auth|cred)[^=&;?#]*=).*", re.I | re.S
+)
+
+
 def redact(url: str) -> str:
-    """A URL without its user info, so passwords never reach a message or a log."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    _userinfo, at, hostport = parts.netloc.rpartition("@")
-    if not at:
-        return url
-    return parts._replace(netloc=f"***@{hostport}").geturl()
+    """``url`` without anything that may be a secret, however malformed the URL is.
+
+    It is not parsed (a password with ``#``, ``/`` or ``?`` misleads every URL parser):
+    everything up to the *last* ``@`` is user info, everything from the value of a query
+    parameter named like a credential (``password=``) on is hidden too, a fragment is
+    dropped, and a port that is not digits is hidden (``redis://:pw`` is a password read
+    as a port). Where the two overlap (an ``@`` inside ``password=``), both are hidden.
+    """
+    text = str(url)
+    scheme = _SCHEME.match(text)
+    head = text[: scheme.end()] if scheme else ""
+    rest = text[len(head) :]
+    slashes = rest[: len(rest) - len(rest.lstrip("/"))]
+    rest = rest[len(slashes) :]
+    secret = _SECRET_PARAM.search(rest)
+    cut = secret.end(1) if secret else len(rest)
+    at = rest.rfind("@")
+    visible, hash_, _fragment = rest[at + 1 : cut].partition("#")
+    userinfo = "***@" if at >= 0 else ""
+    hidden = "***" if hash_ or cut < len(rest) else ""
+    return f"{head}{slashes}{userinfo}{_hide_port(visible)}{hidden}"
+
+
+def _hide_port(body: str) -> str:
+    """``host:port/...`` with a port that is not digits replaced by ``***``."""
+    ends = [i for i in (body.find(c) for c in "/?") if i >= 0]
+    end = min(ends, default=len(body))
+    host, colon, port = body[:end].rpartition(":")
+    if not colon or "]" in port or (port.isascii() and port.isdigit()):
+        return body
+    return f"{host}:***{body[end:]}"
 
 
 def _describe(
@@ -81,23 +112,61 @@ def _describe(
     return f"{scheme}://{host}:{port}/{db}", ("tcp", identity_host, str(port))
 
 
+_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def _from_url(url: str) -> tuple[type[Any], dict[str, Any]]:
-    if not isinstance(url, str) or not url.strip():
+    if not url.strip():
         raise ConfigurationError(f"master URL must be a non-empty string, got {url!r}")
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme not in ("redis", "rediss", "unix"):
+    if not url.startswith(_SCHEMES):
         raise ConfigurationError(
             f"master URL {redact(url)!r} must start with redis://, rediss:// or unix://"
         )
     try:
+        _check_authority(url)
         pool = redis.ConnectionPool.from_url(url)
     except (ValueError, TypeError) as exc:
-        reason = str(exc)
-        secret = urlsplit(url).password
-        if secret:
-            reason = reason.replace(secret, "***")
-        raise ConfigurationError(f"master URL {redact(url)!r} cannot be parsed: {reason}") from None
+        raise ConfigurationError(
+            f"master URL {redact(url)!r} cannot be parsed: {_reason(exc)}"
+        ) from None
     return pool.connection_class, dict(pool.connection_kwargs)
+
+
+def _check_authority(url: str) -> None:
+    """Refuse a URL whose user info spills past its host part: a password with an
+    unencoded ``/``, ``?`` or ``#`` makes every parser read part of it as the host, port,
+    path or query, and connect somewhere else than meant."""
+    netloc = urlsplit(url).netloc
+    after = url.split("://", 1)[1]
+    if url.startswith("unix://"):
+        spilled = bool(netloc) and "@" not in netloc
+    else:
+        spilled = after.rfind("@") >= len(netloc)
+    if spilled:
+        raise ValueError(_SPILLED)
+
+
+_SPILLED = (
+    "its user name or password holds '/', '?', '#' or '@' unencoded (or a unix:// URL"
+    " names a host): percent-encode them, urllib.parse.quote(password, safe='')"
+)
+
+#: Reasons redis-py and urllib give that quote nothing from the URL but a parameter name.
+_SAFE_REASONS = re.compile(
+    r"Invalid value for '\w+' in connection URL\.|Invalid IPv6 URL|Port out of range 0-65535"
+)
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a URL did not parse, in words that cannot carry its secrets: a parser's own
+    text may quote any part of the URL (urllib quotes a bad port, which may be a
+    password read as one), so only known texts pass."""
+    text = str(exc)
+    if text == _SPILLED or _SAFE_REASONS.fullmatch(text):
+        return text
+    if text.startswith("Port could not be cast"):
+        return "its port is not a number"
+    return f"{type(exc).__name__} (its text is withheld: it may quote the URL)"
 
 
 #: Per-pool machinery a client's settings carry in redis-py 8; our connections make their own.

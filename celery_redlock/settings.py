@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -243,7 +244,7 @@ def _masters(conf: Any) -> tuple[tuple[Any, ...], str]:
     if given is None:
         return _fallback_master(conf)
     if isinstance(given, str):
-        given = [part for part in given.replace(",", " ").split() if part]
+        given = split_urls(given)
     if isinstance(given, Sequence) and not given:
         raise ConfigurationError(
             "redlock_masters is empty: list the Redis masters' URLs, or leave it unset to"
@@ -254,6 +255,22 @@ def _masters(conf: Any) -> tuple[tuple[Any, ...], str]:
     except ConfigurationError as exc:
         raise ConfigurationError(f"redlock_masters: {exc}") from None
     return tuple(given), "redlock_masters"
+
+
+#: Where a ``redlock_masters`` string is cut: at commas or spaces followed by a scheme.
+_BETWEEN_URLS = re.compile(r"[\s,]+(?=(?:redis|rediss|unix)://)", re.IGNORECASE)
+
+
+def split_urls(text: str) -> list[str]:
+    """The URLs of a comma- or space-separated ``redlock_masters`` string.
+
+    Cut only where a comma or space is followed by ``redis://``, ``rediss://`` or
+    ``unix://``, so a comma inside a password never breaks a URL in two (a password
+    holding ``,redis://`` itself must be percent-encoded); separators around the whole
+    string are dropped.
+    """
+    parts = (part.strip(" \t\r\n,") for part in _BETWEEN_URLS.split(text))
+    return [part for part in parts if part]
 
 
 def _fallback_master(conf: Any) -> tuple[tuple[Any, ...], str]:

@@ -68,8 +68,19 @@ CASES: list[tuple[str, Callable[[], object], str]] = [
     (
         'Redlock(["redis://u:pw@h:notaport/0"])',
         lambda: Redlock(["redis://u:pw@127.0.0.1:notaport/0"]),
-        "master URL 'redis://***@127.0.0.1:notaport/0' cannot be parsed:"
-        " Port could not be cast to integer value as 'notaport'",
+        "master URL 'redis://***@127.0.0.1:***/0' cannot be parsed: its port is not a number",
+    ),
+    (
+        'Redlock(["redis://:p#ss@h/0"])',
+        lambda: Redlock(["redis://:p#ss@h/0"]),
+        "master URL 'redis://***@h/0' cannot be parsed: its user name or password holds"
+        " '/', '?', '#' or '@' unencoded (or a unix:// URL names a host): percent-encode"
+        " them, urllib.parse.quote(password, safe='')",
+    ),
+    (
+        'Redlock(["redis:/:pw@h"])',
+        lambda: Redlock(["redis:/:pw@h"]),
+        "master URL 'redis:/***@h' must start with redis://, rediss:// or unix://",
     ),
     # options
     (
