@@ -6,6 +6,8 @@ import json
 import re
 import subprocess
 import sys
+import threading
+import time
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -13,9 +15,14 @@ from celery import Celery
 from celery.bin.base import CLIContext
 from click.testing import CliRunner, Result
 
+from celery_redlock import SingletonTask
 from celery_redlock._appstate import state_of
+from celery_redlock._run import window_of
+from celery_redlock._scripts import BOOT_KEY
 from celery_redlock.cli import EXIT_CONFIG, EXIT_PROBLEM, redlock
+from celery_redlock.lock import Redlock
 from celery_redlock.testing import RedisGroup
+from tests.celery_tasks import task_decorator
 
 
 def app_for(masters: list[str], **conf: Any) -> Celery:
@@ -61,18 +68,77 @@ def test_status_shows_each_master_and_whether_a_quorum_can_vote(fresh3: RedisGro
     assert [m["reachable"] for m in data["masters"]] == [False, False, True]
 
 
+def singleton_tasks(app: Celery) -> tuple[Any, Any]:
+    """``proj.sync(x)`` keyed on its argument and ``proj.sync_all()`` on its name alone."""
+
+    @task_decorator(app)(base=SingletonTask, name="proj.sync")
+    def sync(x: int) -> None:
+        """Keyed on x."""
+
+    @task_decorator(app)(base=SingletonTask, name="proj.sync_all", lock_key=[])
+    def sync_all() -> None:
+        """Keyed on its name."""
+
+    app.finalize()
+    return app.tasks["proj.sync"], app.tasks["proj.sync_all"]
+
+
 def test_list_shows_holders_and_filters_by_task(fresh3: RedisGroup) -> None:
     app = app_for(fresh3.urls)
+    sync, sync_all = singleton_tasks(app)
     dlm = state_of(app).manager
-    assert dlm.acquire("proj.tasks.sync:abc", 30, owner="task-1@web-1") is not None
-    assert dlm.acquire("proj.tasks.report", 30, owner="task-2@web-2") is not None
+    assert dlm.acquire(sync.lock_resource(1), 30, owner="task-1@web-1") is not None
+    assert dlm.acquire(window_of(sync.lock_resource(2)), 30, owner="task-3@web-1") is not None
+    assert dlm.acquire(sync_all.lock_resource(), 30, owner="task-2@web-2") is not None
     result = run(app, "list")
     assert result.exit_code == 0, result.output
     assert "task-1@web-1" in result.output
     assert "task-2@web-2" in result.output
-    only = json.loads(run(app, "list", "--task", "proj.tasks.sync", "--json").output)
-    assert [i["holder"] for i in only] == ["task-1@web-1"]
+    only = json.loads(run(app, "list", "--task", "proj.sync", "--json").output)
+    # proj.sync_all starts like proj.sync but is another task: not listed.
+    assert sorted(i["holder"] for i in only) == ["task-1@web-1", "task-3@web-1"]
     assert only[0]["held_by_quorum"] is True
+    whole = json.loads(run(app, "list", "--task", "proj.sync_all", "--json").output)
+    assert [i["holder"] for i in whole] == ["task-2@web-2"]
+
+
+def test_list_skips_keys_that_are_not_locks_and_goes_on(fresh3: RedisGroup) -> None:
+    app = app_for(fresh3.urls)
+    dlm = state_of(app).manager
+    names = [f"job-{i}" for i in range(30)]
+    for name in names:
+        assert dlm.acquire(name, 30) is not None
+    for client in (server.client() for server in fresh3):
+        client.hset("redlock:a-hash", "f", "v")
+        client.rpush("redlock:a-list", "v")
+        client.sadd("redlock:a-set", "v")
+        client.set("redlock:a-string", "not a lock value")
+    listed = json.loads(run(app, "list", "--json").output)
+    assert sorted(i["resource"] for i in listed) == sorted(names)
+    assert all(i["held_by_quorum"] for i in listed)
+
+
+def test_list_escapes_glob_characters_of_the_prefix(fresh3: RedisGroup) -> None:
+    mine = app_for(fresh3.urls, redlock_key_prefix="app[1]:")
+    other = app_for(fresh3.urls, redlock_key_prefix="app1:")
+    assert state_of(mine).manager.acquire("ours", 30) is not None
+    assert state_of(other).manager.acquire("theirs", 30) is not None
+    listed = json.loads(run(mine, "list", "--json").output)
+    assert [i["key"] for i in listed] == ["app[1]:ours"]
+    starred = app_for(fresh3.urls, redlock_key_prefix="a*")
+    assert json.loads(run(starred, "list", "--json").output) == []
+
+
+def test_a_resource_with_a_newline_cannot_forge_table_rows(fresh3: RedisGroup) -> None:
+    app = app_for(fresh3.urls)
+    forged = "real\nredlock:forged  nobody  3/3  yes  9.9-9.9"
+    assert state_of(app).manager.acquire(forged, 30, owner="task-1@web-1") is not None
+    result = run(app, "list")
+    assert result.exit_code == 0, result.output
+    rows = result.output.splitlines()
+    assert len(rows) == 3, result.output  # header, rule, one lock
+    assert "redlock:real\\nredlock:forged" in rows[2]
+    assert [i["resource"] for i in json.loads(run(app, "list", "--json").output)] == [forged]
 
 
 def test_release_asks_first_then_frees_the_key(fresh3: RedisGroup) -> None:
@@ -88,6 +154,81 @@ def test_release_asks_first_then_frees_the_key(fresh3: RedisGroup) -> None:
     assert re.search(r"on [23] of 3 masters", done.output), done.output
     assert not dlm.locked("stuck")
     assert run(app, "release", "stuck", "--yes").exit_code == EXIT_PROBLEM
+
+
+def test_release_takes_the_key_as_list_shows_it(fresh3: RedisGroup) -> None:
+    app = app_for(fresh3.urls)
+    dlm = state_of(app).manager
+    assert dlm.acquire("stuck", 30) is not None
+    (listed,) = json.loads(run(app, "list", "--json").output)
+    done = run(app, "release", listed["key"], "--yes")
+    assert done.exit_code == 0, done.output
+    assert "redlock:stuck starts with the key prefix: resource 'stuck'" in done.output
+    assert not dlm.locked("stuck")
+
+
+def test_release_leaves_keys_that_are_not_locks_alone(fresh3: RedisGroup) -> None:
+    app = app_for(fresh3.urls)
+    clients = [server.client() for server in fresh3]
+    for client in clients:
+        client.set("redlock:config", "not a lock value")
+        client.set("redlock:almost", "0123456789abcdef0123456789ABCDEF")  # upper case
+        client.hset("redlock:a-hash", "f", "v")
+    for key in ("config", "almost", "redlock:a-hash"):
+        result = run(app, "release", key, "--yes")
+        assert result.exit_code == EXIT_PROBLEM, result.output
+        assert "released redlock:" in result.output
+        assert "on 0 of 3 masters" in result.output
+        assert result.output.count(": not a lock") == 3, result.output
+    for client in clients:
+        assert client.exists("redlock:config", "redlock:almost", "redlock:a-hash") == 3
+
+
+def test_release_refuses_the_boot_marker_and_bad_keys_without_a_traceback(
+    fresh3: RedisGroup,
+) -> None:
+    bare = app_for(fresh3.urls, redlock_key_prefix="")
+    clients = [server.client() for server in fresh3]
+    for client in clients:
+        client.set("user:1", "alice")
+    marker = run(bare, "release", BOOT_KEY, "--yes")
+    assert marker.exit_code == EXIT_CONFIG, marker.output
+    assert "is the boot marker, not a lock" in marker.output
+    other = run(bare, "release", "user:1", "--yes")
+    assert other.exit_code == EXIT_PROBLEM, other.output
+    for client in clients:
+        assert client.get(BOOT_KEY) is not None
+        assert client.get("user:1") == b"alice"
+    app = app_for(fresh3.urls)
+    for key, reason in [
+        ("", "resource must not be empty"),
+        ("redlock:", "resource must not be empty"),
+        ("x" * 5000, "resource is 5000 characters; at most 1024"),
+    ]:
+        result = run(app, "release", key, "--yes")
+        assert result.exit_code == EXIT_CONFIG, result.output
+        assert isinstance(result.exception, SystemExit), result.exception
+        assert reason in result.output
+        assert len(result.output) < 300  # a long key is not echoed whole
+
+
+def test_a_forced_release_wakes_a_blocked_waiter(fresh3: RedisGroup) -> None:
+    app = app_for(fresh3.urls)
+    dlm = state_of(app).manager
+    assert dlm.acquire("stuck", 30) is not None
+    got: list[object] = []
+    with Redlock(fresh3.urls) as waiter:
+        thread = threading.Thread(
+            target=lambda: got.append(waiter.acquire("stuck", 30, blocking=True, timeout=20))
+        )
+        thread.start()
+        clients = [server.client() for server in fresh3]
+        while not all(c.pubsub_numsub("redlock:stuck")[0][1] for c in clients):
+            time.sleep(0.01)  # until the waiter listens
+        assert run(app, "release", "stuck", "--yes").exit_code == 0
+        thread.join()
+    (lock,) = got
+    assert lock is not None  # woken: it got the lock long before the 30 s TTL ran out
 
 
 def test_check_passes_a_good_setup_and_flags_problems(fresh3: RedisGroup) -> None:

@@ -172,7 +172,9 @@ def _preflight(servers: Servers, *, arm_them: bool) -> None:
         voting = [s for s in statuses if s.reachable and s.boot_ms is not None and not s.guard_left]
         if len(voting) >= dlm.quorum:
             return
-        problems = "; ".join(f"{s.name}: {', '.join(s.warnings) or s.error}" for s in statuses)
+        problems = "; ".join(
+            f"{s.name}: {', '.join(s.problems + s.warnings) or s.error}" for s in statuses
+        )
         raise SetupFailed(
             f"only {len(voting)} of {len(statuses)} masters can vote, {dlm.quorum} needed"
             f" ({problems}). Masters provisioned empty and never used: add --arm."
