@@ -28,6 +28,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from celery_redlock.settings import split_urls as redlock_split_urls
+
 __all__ = ["DEFAULT_BROKER_URL", "DEFAULT_MASTERS", "Settings"]
 
 DEFAULT_BROKER_URL = "redis://broker:6379/0"
@@ -63,5 +65,6 @@ class Settings:
 
 
 def split_urls(value: str | None) -> tuple[str, ...]:
-    """``"redis://a/0, redis://b/0"`` → both URLs (commas or spaces between them)."""
-    return tuple(part for part in (value or "").replace(",", " ").split() if part)
+    """``"redis://a/0, redis://b/0"`` → both URLs, cut as ``redlock_masters`` strings are
+    (only before a scheme: a comma inside a password stays in it)."""
+    return tuple(redlock_split_urls(value or ""))

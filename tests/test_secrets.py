@@ -22,9 +22,9 @@ from celery.bin.base import CLIContext
 from click.testing import CliRunner
 
 from celery_redlock import ConfigurationError, QuorumUnavailable, Redlock
-from celery_redlock._masters import parse_master
+from celery_redlock._masters import parse_master, redact
 from celery_redlock.cli import redlock
-from celery_redlock.settings import RedlockConfig
+from celery_redlock.settings import RedlockConfig, split_urls
 from celery_redlock.testing import free_port
 
 PIECES = ("Q1wx", "E2ry", "T3yz", "U4iw", "O5pv", "A6su", "D7ft")
@@ -170,8 +170,6 @@ def test_a_url_without_host_names_none_of_its_secrets(
 
 
 def test_redact_hides_every_part_that_may_be_a_secret() -> None:
-    from celery_redlock._masters import redact
-
     cases = {
         f"redis://:{PASSWORD}@h:1/0": "redis://***@h:1/0",
         "redis://h:1/0?db=2&password=x&y=1": "redis://h:1/0?db=2&password=***",
@@ -186,3 +184,14 @@ def test_redact_hides_every_part_that_may_be_a_secret() -> None:
     for url, shown in cases.items():
         assert redact(url) == shown
         assert not re.search(r"pw|frag|x&", redact(url))
+
+
+def test_a_masters_string_is_cut_only_before_a_scheme() -> None:
+    given = " redis://:a,b c@h:1/0, rediss://h:2/0\nunix:///tmp/x.sock?db=1 ,"
+    assert split_urls(given) == [
+        "redis://:a,b c@h:1/0",
+        "rediss://h:2/0",
+        "unix:///tmp/x.sock?db=1",
+    ]
+    assert split_urls("REDIS://h:1/0,redis://h:2/0") == ["REDIS://h:1/0", "redis://h:2/0"]
+    assert split_urls(" , ") == []
