@@ -528,10 +528,8 @@ def queue(bench: Bench, lib: str, *, waiters: int) -> Result | None:
     with contextlib.ExitStack() as stack:
         holder = stack.enter_context(bench.worker(lib, urls, key))
         line = [stack.enter_context(bench.worker(lib, urls, key)) for _ in range(waiters)]
-        for side in (holder, *line):
-            side.send("pairs", WARMUP, SLACK)
-        for side in (holder, *line):
-            side.recv(2 * SLACK)
+        for side in (holder, *line):  # one at a time: warming must not contend
+            side.call(SLACK, "pairs", WARMUP, SLACK)
         end = time.monotonic() + budget.handoff_seconds
         while len(samples) < budget.handoffs and time.monotonic() < end:
             got, lost = _relay_once(holder, line)
