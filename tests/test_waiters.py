@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +23,8 @@ import pytest
 import redis
 
 from celery_redlock import AsyncRedlock, Redlock, _quorum
-from celery_redlock._scripts import RELEASE, queue_key
+from celery_redlock._quorum import Listen, Round, Vote, Wait
+from celery_redlock._scripts import RELEASE, Outcome, Verb, queue_key
 from celery_redlock.testing import RedisGroup, RedisServer
 
 REDIS_7 = "/usr/bin/redis-server"
@@ -375,3 +378,34 @@ def test_locking_nobody_waits_for_leaves_no_line(
     assert again is not None
     assert again.release()
     assert in_line(list(shared5), dlm.settings.key(resource)) == [[]] * len(shared5)
+
+
+# --- the algorithm's part, without I/O -----------------------------------------------------
+
+
+def test_a_woken_waiter_asks_once_a_quorum_of_masters_woke_it() -> None:
+    """Refused twice, it listens on a channel of its own and stands in line (QUEUED). Woken
+    by one master of three, it waits STRAGGLERS for a second before asking; woken by a
+    quorum, it asks at once; after STRAGGLERS with no second copy, it asks anyway."""
+    tokens = itertools.count()
+    ctx = _quorum.Context(lambda: 0.0, random.Random(0), lambda: f"t{next(tokens)}")
+    req = _quorum.AcquireRequest("r", "redlock:r", 10.0, blocking=True)
+    algorithm = _quorum.acquire(req, _quorum.Policy(3), ctx)
+    held = [Vote(f"m{i}", Outcome.NO, 5000) for i in range(3)]
+    assert algorithm.send(None).call.verb is Verb.ACQUIRE  # type: ignore[union-attr]
+    listen = algorithm.send(held)
+    assert isinstance(listen, Listen)
+    assert listen.channel.startswith("redlock:r:waiter:")
+    queued = algorithm.send(None)
+    assert isinstance(queued, Round)
+    assert queued.call.verb is Verb.QUEUED
+    assert queued.call.waiter == listen.channel
+    for woken, then in ((1, [1]), (2, []), (1, [0])):
+        wait = algorithm.send(held)
+        assert isinstance(wait, Wait)
+        effect = algorithm.send(woken)
+        for more in then:
+            assert effect == Wait(_quorum.STRAGGLERS)
+            effect = algorithm.send(more)
+        assert isinstance(effect, Round)
+        assert effect.call.verb is Verb.QUEUED
