@@ -246,13 +246,17 @@ def test_a_user_without_pub_sub_still_waits_and_releases(
             with server.client() as client:
                 assert not client.exists(key)
                 assert not client.exists(queue_key(key))  # the waiter left the line
-        warned = sorted(r.getMessage() for r in caplog.records if "cannot wake" in r.getMessage())
-        assert warned == sorted(
+        # Once per master, for every master whose answer came in time (a round settles at
+        # a quorum: a master that answered later is heard of at a later release).
+        warned = [r.getMessage() for r in caplog.records if "cannot wake" in r.getMessage()]
+        expected = [
             f"master redis://127.0.0.1:{server.port}/0 cannot wake blocked waiters"
             f" ({WHY[rules]}): they ask again every 1 s instead; the user needs PUBLISH,"
             " SUBSCRIBE and the channels &redlock:*"
             for server in servers
-        )
+        ]
+        assert len(set(warned)) == len(warned) >= 2
+        assert set(warned) <= set(expected)
 
 
 # --- the lock is handed on, not fought over -------------------------------------------------
