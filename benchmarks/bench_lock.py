@@ -17,6 +17,11 @@ Why it is built this way:
 - Hand-off puts the holder and the waiter in separate processes and subtracts
   CLOCK_MONOTONIC readings taken in each (the clock is system-wide). The holder releases
   at a random point of a polling waiter's period, so polling peers show their real mean.
+- The queue table (``--only queue`` runs it alone) blocks 1, 10 and 50 waiters, each a
+  process of its own, on one held key; each new holder holds briefly and releases, so the
+  lock passes down the line. Hand-off is again a release in one process to the next
+  acquisition in another; a waiter whose ``timeout`` ran out counts as timed out. Our rows
+  only: it shows whether a release hands the lock on or sets every waiter fighting.
 """
 
 from __future__ import annotations
@@ -82,6 +87,10 @@ class Budget:
 
 FULL = Budget(2000, 500, 400, 20000, 4.0, handoff_seconds=12.0, hung_seconds=8.0, passes=5)
 QUICK = Budget(200, 60, 30, 2000, 0.6, handoff_seconds=2.0, hung_seconds=1.0, passes=2)
+
+QUEUES = (1, 10, 50)  # waiters blocked on one key, one row each
+QUEUE_HOLD = 0.001  # seconds each new holder holds the lock before releasing it
+QUEUE_SETTLE = 0.3  # head start for a line of waiters to block (at least this, per 10 of them)
 
 
 # --- adapters: one per library, run inside a worker process -------------------------------
@@ -269,9 +278,7 @@ class _Runner:
         return self.held is not None
 
     def release(self) -> float:
-        released = _now()
-        self.adapter.release(self.held)
-        return released
+        return self.release_handle(self.held)
 
     def wait(self) -> float | None:
         """Block until the lock is ours; when that happened, or None if it never did."""
@@ -282,6 +289,22 @@ class _Runner:
             return None
         self.adapter.release(handle)
         return acquired
+
+    def relay(self, hold: float) -> tuple[float, float] | None:
+        """Block until the lock is ours, hold it ``hold`` seconds and release it: when it
+        was acquired and released, or None if the wait timed out."""
+        self.conn.send("blocking")
+        handle = self.adapter.acquire(True)
+        acquired = _now()
+        if handle is None:
+            return None
+        time.sleep(hold)
+        return acquired, self.release_handle(handle)
+
+    def release_handle(self, handle: Any) -> float:
+        released = _now()
+        self.adapter.release(handle)
+        return released
 
     def _pair(self) -> float | None:
         start = time.perf_counter()
@@ -487,6 +510,81 @@ def _handoff_once(holder: Worker, waiter: Worker, poll: float) -> float:
     if acquired < released:
         raise CellError("the waiter acquired while the holder held the lock")
     return float(acquired - released)
+
+
+@_guarded
+def queue(bench: Bench, lib: str, *, waiters: int) -> Result | None:
+    """Hand-offs down a line of ``waiters`` processes blocked on one key (3 masters): each
+    sample is one release to the next acquisition; ``failed`` counts waits that timed out.
+    The line is formed anew until the cell has its samples or its time."""
+    library = LIBRARIES[lib]
+    if library.poll is None or not library.multi:
+        return None
+    urls = bench.direct[:3]
+    key = f"bench:{lib}:{uuid.uuid4().hex}"
+    budget = bench.budget
+    samples: list[float] = []
+    timed_out = 0
+    with contextlib.ExitStack() as stack:
+        holder = stack.enter_context(bench.worker(lib, urls, key))
+        line = [stack.enter_context(bench.worker(lib, urls, key)) for _ in range(waiters)]
+        for side in (holder, *line):  # one at a time: warming must not contend
+            side.call(SLACK, "pairs", WARMUP, SLACK)
+        end = time.monotonic() + budget.handoff_seconds
+        while len(samples) < budget.handoffs and time.monotonic() < end:
+            got, lost = _relay_once(holder, line)
+            samples += got
+            timed_out += lost
+    return Result(tuple(sorted(samples)), timed_out, wanted=budget.handoffs)
+
+
+def _relay_once(holder: Worker, line: Sequence[Worker]) -> tuple[list[float], int]:
+    """One line: block every waiter on the held key, release, and read the hand-offs off
+    the (acquired, released) times each waiter reports."""
+    if not holder.call(SLACK, "hold"):
+        raise CellError("the holder could not acquire a free lock")
+    for waiter in line:
+        waiter.send("relay", QUEUE_HOLD)
+    for waiter in line:
+        waiter.recv(SLACK)  # it is about to block
+    time.sleep(QUEUE_SETTLE * max(1.0, len(line) / 10))
+    released = holder.call(SLACK, "release")
+    answers = [waiter.recv(WAIT_LIMIT + len(line) * QUEUE_HOLD + SLACK) for waiter in line]
+    held = sorted(answer for answer in answers if answer is not None)
+    handoffs = []
+    for acquired, next_release in held:
+        if acquired < released:
+            raise CellError("a waiter acquired while another held the lock")
+        handoffs.append(acquired - released)
+        released = next_release
+    return handoffs, len(answers) - len(held)
+
+
+def show_queue(result: Result) -> str:
+    """p50 / p90 / max of the hand-offs, with the count of waits that timed out."""
+    if result.note:
+        return result.note
+    shown = " / ".join(_ms(result.pct(p)) for p in (50, 90, 100))
+    waits = len(result.samples) + result.failed
+    return f"{shown} (n={len(result.samples)}) | {result.failed} of {waits}"
+
+
+def queue_table(bench: Bench, libs: Sequence[str]) -> str:
+    """One row per line length, one column per library measured (ours: see the module)."""
+    head = ["waiters on one key (3 masters)"]
+    for lib in libs:
+        head += [f"{LIBRARIES[lib].label}: hand-off p50 / p90 / max (ms)", "timed out"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    started = time.monotonic()
+    for waiters in QUEUES:
+        cells = [str(waiters)]
+        for lib in libs:
+            result = queue(bench, lib, waiters=waiters)
+            shown = "— | —" if result is None else show_queue(result)
+            _progress(started, f"{lib:<10} {waiters} waiters: {shown}")
+            cells.append(shown)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 @_guarded
@@ -736,20 +834,36 @@ def legend(budget: Budget, load: tuple[float, float]) -> str:
     )
 
 
-def parse_args(argv: Sequence[str] | None) -> Budget:
+#: What ``--only`` can pick: the side-by-side table, or the queue table (ours only).
+TABLES = ("lock", "queue")
+QUEUE_LIBS = ("ours",)
+
+
+def queue_legend(budget: Budget, load: tuple[float, float]) -> str:
+    return (
+        f"Waiters in line: each a process blocked with a {WAIT_LIMIT:.0f} s timeout on one"
+        f" key; each new holder holds {QUEUE_HOLD * 1000:.0f} ms and releases. Up to"
+        f" {budget.handoffs} hand-offs per row in {budget.handoff_seconds:.0f} s, the line"
+        " formed anew each time it runs out; timed out: waits that ended without the lock."
+        f" 1-minute load average {load[0]:.2f} at start, {load[1]:.2f} at end."
+    )
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[Budget, tuple[str, ...]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a ~30 s smoke run")
     parser.add_argument("--iterations", type=int, help="cap every cell at this many samples")
+    parser.add_argument("--only", choices=TABLES, help="print this table alone")
     args = parser.parse_args(argv)
     budget = QUICK if args.quick else FULL
     if args.iterations:
         n = args.iterations
         budget = replace(budget, pairs=n, delayed=n, handoffs=n, hung=n)
-    return budget
+    return budget, (args.only,) if args.only else TABLES
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    budget = parse_args(argv)
+    budget, tables = parse_args(argv)
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["redis", "celery_redlock", "pottery", "redlock"])
     libs = available(list(LIBRARIES), LIBRARIES)
@@ -760,12 +874,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         ]
         bench = Bench(ctx, group, group.urls, [proxy.url for proxy in proxies], budget)
         header, load = machine(group), os.getloadavg()[0]
+        printed: list[str] = []
         try:
-            results = run_all(bench, libs, cols)
+            if "lock" in tables:
+                results = run_all(bench, libs, cols)
+                about = legend(budget, (load, os.getloadavg()[0]))
+                printed += [about, "", table(results, libs, cols), "", *targets(results), ""]
+            if "queue" in tables:
+                start = os.getloadavg()[0]
+                lines = queue_table(bench, QUEUE_LIBS)
+                about = queue_legend(budget, (start, os.getloadavg()[0]))
+                printed += [about, "", lines, ""]
         finally:
             bench.release_kept()
-    about = legend(budget, (load, os.getloadavg()[0]))
-    print(header, "", about, "", table(results, libs, cols), "", *targets(results), sep="\n")
+    print(header, "", *printed, sep="\n")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from celery_redlock import _quorum
 from celery_redlock._masters import Health, MasterSpec, parse_masters, seconds
+from celery_redlock._scripts import Outcome
 from celery_redlock.config import LockSettings, timeout_seconds
 from celery_redlock.exceptions import ConfigurationError, LockLost
 
@@ -73,6 +74,7 @@ class ManagerBase:
         self._ctx = _quorum.Context(clock, _rng, new_token)
         #: Monotonic seconds: the clock the algorithm is given (injected by the simulator).
         self.clock = clock
+        self._unwakeable: set[str] = set()  # masters warned of: releases there wake nobody
         if len(self._specs) % 2 == 0:
             logger.warning(
                 "%d Redis masters: an even count tolerates no more failures than %d would;"
@@ -80,6 +82,37 @@ class ManagerBase:
                 len(self._specs),
                 len(self._specs) - 1,
             )
+
+    def _released(self, resource: str, released: bool, votes: Sequence[_quorum.Vote]) -> bool:
+        """A release's answer, logging what it did not do: reach a quorum (INFO), or wake
+        the next waiter on a master that deleted our key (see :meth:`_cannot_wake`)."""
+        for vote in votes:
+            if vote.outcome is Outcome.YES and vote.error:
+                self._cannot_wake(vote.master, vote.error)
+        if not released:
+            logger.info("release of %r reached no quorum: %s", resource, "; ".join(map(str, votes)))
+        return bool(released)
+
+    def _subscription_refused(self, i: int, error: Exception) -> None:
+        """Master ``i`` refused a waiter's SUBSCRIBE with an error reply (an ACL)."""
+        cause = f"subscribe refused: {type(error).__name__}: {error}"
+        self._cannot_wake(self._specs[i].name, cause)
+
+    def _cannot_wake(self, master: str, cause: str) -> None:
+        """Warn, once per master, that blocked waiters there cannot be woken by releases:
+        nothing is lost (they still ask again by their timed poll), but every hand-off
+        there then waits for that poll, and an operator can fix the cause (the ACL)."""
+        if master in self._unwakeable:
+            return
+        self._unwakeable.add(master)
+        logger.warning(
+            "master %s cannot wake blocked waiters (%s): they ask again every %g s instead;"
+            " the user needs PUBLISH, SUBSCRIBE and the channels &%s*",
+            master,
+            cause,
+            _quorum.FALLBACK_POLL,
+            self.settings.key_prefix,
+        )
 
     @property
     def masters(self) -> tuple[str, ...]:

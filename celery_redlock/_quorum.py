@@ -1,7 +1,7 @@
 """The Redlock algorithm, sans I/O: it decides, drivers do the talking.
 
 Each public operation is a generator. It yields *effects* (:class:`Round`: send one call to
-these masters and give me their votes; :class:`Listen`: subscribe to release news;
+these masters and give me their votes; :class:`Listen`: subscribe to our wake-up channel;
 :class:`Wait`: sleep, waking early on news) and receives their results. The sync driver
 (``lock.py``), the asyncio driver (``aio.py``) and the simulator in the tests are loops of
 a dozen lines around the same generators, so the three can never drift apart. Time comes
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NamedTuple, TypeAlias
 
-from celery_redlock._scripts import Call, Outcome, Verb
+from celery_redlock._scripts import Call, Outcome, Verb, waiter_channel
 from celery_redlock.exceptions import LockLost, QuorumUnavailable
 
 #: Added to every drift estimate: Redis expires keys with up to 1 ms of slack, and our
@@ -34,6 +34,14 @@ CLOCK_PRECISION = 0.002
 #: A blocked waiter never sleeps longer than this without asking again, even when it
 #: expects a release message: the message could be lost with a dropped connection.
 FALLBACK_POLL = 1.0
+
+#: How long a woken waiter waits for the other masters' wake-ups before it asks anyway.
+#: Each master wakes it once its own DEL is done, and the release reached them all at
+#: once, so the copies come within moments of each other; asking on the first copy would
+#: often find the key still held on the masters the release had not reached yet, lose,
+#: and leave a round to undo. A master that cannot wake us (an ACL, a line in another
+#: order) costs each hand-off this much, no more.
+STRAGGLERS = 0.005
 
 
 def quorum(n: int) -> int:
@@ -73,6 +81,8 @@ class Vote(NamedTuple):
             return f"{self.master}: abstains after a restart ({self.pttl_ms} ms of guard left)"
         if self.outcome is Outcome.NO and self.pttl_ms is not None:
             return f"{self.master}: no (held, {self.pttl_ms} ms left)"
+        if self.error:  # a yes with a caveat: a release that could not wake the next waiter
+            return f"{self.master}: {self.outcome.value} ({self.error})"
         return f"{self.master}: {self.outcome.value}"
 
 
@@ -172,15 +182,21 @@ class Count:
 
 @dataclass(frozen=True, slots=True)
 class Listen:
-    """Subscribe to release news on ``channel`` on every master; returns once subscribed
-    (or the per-master timeout passed), so a release after this point cannot be missed."""
+    """Subscribe to ``channel`` on every master; returns once subscribed (or the per-master
+    timeout passed), so that a release waking us after this point cannot be missed.
+
+    The channel is one waiter's own (``_scripts.waiter_channel``): a release wakes only the
+    oldest waiter in line on each master. A master that refuses the subscription (an ACL
+    without the channel) is left out: waits there end by their timed poll alone."""
 
     channel: str
 
 
 @dataclass(frozen=True, slots=True)
 class Wait:
-    """Sleep up to ``seconds``; a release message on the listened channel ends it early."""
+    """Sleep up to ``seconds``; a wake-up on the listened channel ends it early. Returns
+    how many wake-ups came (each master sends its own): the first, and those already in
+    when it ended; 0 when it timed out, or nothing is listened to."""
 
     seconds: float
 
@@ -265,11 +281,12 @@ Step: TypeAlias = Retry | AwaitRelease | GiveUp
 
 @dataclass(slots=True)
 class _Attempts:
-    """What one acquisition has seen so far: counts of inconclusive and outage rounds."""
+    """What one acquisition has seen so far: counts of inconclusive and outage rounds, and
+    once it waits, the channel it listens on (it then stands in line: see ``acquire``)."""
 
     splits: int = 0
     outages: int = 0
-    listening: bool = False
+    waiter: str = ""
 
 
 def next_step(
@@ -354,7 +371,7 @@ def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
     while True:
         token = f"{ctx.new_token()}:{req.owner}" if req.owner else ctx.new_token()
         start = ctx.clock()
-        votes = yield Round(Call(Verb.ACQUIRE, req.key, token, wire_ttl, guard))
+        votes = yield Round(_acquire_call(req.key, token, wire_ttl, guard, seen.waiter))
         until = valid_until(start, req.ttl, policy.drift_factor)
         tally = Tally.of(votes, policy.masters)
         verdict = tally.verdict(in_time=ctx.clock() < until)
@@ -384,13 +401,36 @@ def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
         if isinstance(step, Retry):
             yield Wait(step.after)
             continue
-        if not seen.listening:
-            # Subscribe, then ask again at once: a release between our round and the
-            # subscription would otherwise go unheard until the fallback poll.
-            seen.listening = True
-            yield Listen(req.key)
+        if not seen.waiter:
+            # Subscribe, then ask again at once, in line: a release between our round and
+            # the subscription would otherwise go unheard until the fallback poll.
+            seen.waiter = waiter_channel(req.key, ctx.new_token())
+            yield Listen(seen.waiter)
             continue
-        yield Wait(step.up_to)
+        woken = yield Wait(step.up_to)
+        yield from _hear_quorum(woken, policy.quorum)
+
+
+def _hear_quorum(woken: int, need: int) -> Algorithm:
+    """Once woken, wait for wake-ups from ``need`` masters (see STRAGGLERS), up to
+    STRAGGLERS after each; nothing when not woken (the timed poll asks at once)."""
+    while 0 < woken < need:
+        more = yield Wait(STRAGGLERS)
+        if not more:
+            return
+        woken += more
+
+
+def _acquire_call(key: str, token: str, ttl: int, guard: int, waiter: str) -> Call:
+    """An acquire; a waiter's also stands in line on every master that refuses it, so that
+    a release there wakes the oldest waiter alone, and leaves the line when granted.
+
+    The line is only a hint: masters may order it differently, a woken waiter may be
+    beaten by another client, and one that died is skipped (nobody hears its channel).
+    The lock key alone decides who holds the lock; the timed poll bounds every wait."""
+    if waiter:
+        return Call(Verb.QUEUED, key, token, ttl, guard, waiter)
+    return Call(Verb.ACQUIRE, key, token, ttl, guard)
 
 
 def _undo(key: str, token: str, votes: Sequence[Vote]) -> Algorithm:

@@ -10,6 +10,7 @@ no other client can slip between the compare and the write.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple
@@ -27,12 +28,14 @@ class Outcome(Enum):
 
 
 class Reply(NamedTuple):
-    """A parsed reply: the outcome, for refusals the holder's remaining time (ms), and for
-    a peek the holder's owner text (never the token's secret part)."""
+    """A parsed reply: the outcome, for refusals the holder's remaining time (ms), for a
+    peek the holder's owner text (never the token's secret part), and for a release that
+    deleted the key but could not wake the next waiter, why (the master's error)."""
 
     outcome: Outcome
     pttl_ms: int | None = None
     owner: str | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,26 +132,62 @@ return 0
 """,
 )
 
-# KEYS[1] lock key; ARGV[1] token.
-# Returns 1 when the key held our token and was deleted, else 0. The deletion is announced
-# on a channel named like the key, which is how blocked waiters wake without polling.
+#: Where a key's blocked waiters stand in line on each master: a sorted set of their wake-up
+#: channels, oldest first (by the master's clock when each joined). Outside every key
+#: prefix, as BOOT_KEY is: no resource's key can be it, and listing locks never shows it.
+QUEUE_PREFIX = "__celery_redlock_waiters__:"
+
+#: How long a line outlives its last waiter's last attempt (ms). Every waiter asks again
+#: at least once per ``_quorum.FALLBACK_POLL``, each time keeping the line alive for this
+#: long, so it lapses only once its waiters are gone; its entries are only hints.
+QUEUE_TTL_MS = 10_000
+
+
+def queue_key(key: str) -> str:
+    """The sorted set holding ``key``'s line of waiters."""
+    return QUEUE_PREFIX + key
+
+
+def waiter_channel(key: str, waiter: str) -> str:
+    """The channel one waiter for ``key`` listens on: named after the key, so that one
+    ACL channel pattern (``&redlock:*``) covers the keys' waiters."""
+    return f"{key}:waiter:{waiter}"
+
+
+# KEYS[1] lock key; KEYS[2] its line of waiters; ARGV[1] token.
+# Returns 1 when the key held our token and was deleted, else 0. The release wakes the
+# oldest waiter still listening, alone: the lock is handed on, not fought over, and the
+# others sleep until their turn (or their own timed poll). PUBLISH returns how many heard:
+# an entry nobody hears (a waiter that gave up or died) is dropped and the next one tried,
+# a few per release. A release nobody waits for costs one ZRANGE of a missing key.
+# The PUBLISH runs in redis.pcall, after the DEL: a user refused it (ACL) still released,
+# and hears so, as {2, error}: a Lua error would not undo the DEL, only hide it.
 RELEASE = Script(
     "release",
     """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    redis.call('DEL', KEYS[1])
-    redis.call('PUBLISH', KEYS[1], ARGV[1])
-    return 1
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
 end
-return 0
+redis.call('DEL', KEYS[1])
+for _, waiter in ipairs(redis.call('ZRANGE', KEYS[2], 0, 9)) do
+    local heard = redis.pcall('PUBLISH', waiter, ARGV[1])
+    if type(heard) == 'table' then
+        return {2, heard.err}
+    end
+    if heard > 0 then
+        return 1
+    end
+    redis.call('ZREM', KEYS[2], waiter)
+end
+return 1
 """,
 )
 
 
 # KEYS[1] lock key; ARGV[1] token.
 # Returns 1 when the key held our token and was deleted, else 0. Undoes a lost round
-# without announcing it: the lock was never ours, so nobody waits for this deletion,
-# and a PUBLISH here would wake every waiter (the sender included) to lose again.
+# without waking anyone: the lock was never ours, so nobody waits for this deletion, and
+# the waiter it would wake would only race the winner (or the sender) and lose.
 UNDO = Script(
     "undo",
     """
@@ -159,11 +198,37 @@ return 0
 """,
 )
 
+# KEYS: ACQUIRE's, then the key's line of waiters; ARGV: ACQUIRE's, then the waiter's
+# channel. A blocked waiter's attempt: ACQUIRE's own text runs unchanged on the arguments
+# it expects (the two extra ones are taken off first), and replies as ACQUIRE does. A
+# grant takes the waiter out of the line; a refusal puts it in, or keeps its place if it
+# is in already (ZADD NX), ordered by this master's clock, and keeps the line alive.
+QUEUED = Script(
+    "queued",
+    f"""
+local queue = table.remove(KEYS)
+local waiter = table.remove(ARGV)
+if redis.replicate_commands then redis.replicate_commands() end
+local reply = (function()
+{ACQUIRE.source}
+end)()
+if reply[1] == 1 then
+    redis.call('ZREM', queue, waiter)
+elseif reply[1] == 0 then
+    local t = redis.call('TIME')
+    redis.call('ZADD', queue, 'NX', string.format('%.0f', t[1] * 1000000 + t[2]), waiter)
+    redis.call('PEXPIRE', queue, {QUEUE_TTL_MS})
+end
+return reply
+""",
+)
+
 
 class Verb(Enum):
     """What a call asks of a master."""
 
     ACQUIRE = "acquire"
+    QUEUED = "queued"  # an acquire by a blocked waiter, who stands in line if refused
     EXTEND = "extend"
     RELEASE = "release"
     UNDO = "undo"
@@ -173,6 +238,7 @@ class Verb(Enum):
 
 _SCRIPTS = {
     Verb.ACQUIRE: ACQUIRE,
+    Verb.QUEUED: QUEUED,
     Verb.EXTEND: EXTEND,
     Verb.RELEASE: RELEASE,
     Verb.UNDO: UNDO,
@@ -191,6 +257,7 @@ class Call(NamedTuple):
     token: str = ""
     ttl_ms: int = 0
     guard_ms: int = 0
+    waiter: str = ""  # QUEUED: the waiter's channel (see waiter_channel)
 
     @property
     def safe_anytime(self) -> bool:
@@ -227,6 +294,8 @@ class Call(NamedTuple):
             parts += (b"%d" % self.ttl_ms, b"%d" % self.guard_ms)
         elif self.verb is Verb.EXTEND:
             parts.append(b"%d" % self.ttl_ms)
+        elif self.verb is Verb.RELEASE:
+            parts[1:1] = (queue_key(self.key).encode(),)
         return head + b"".join([b"$%d\r\n%s\r\n" % (len(part), part) for part in parts])
 
     def fallback(self) -> tuple[Any, ...]:
@@ -236,14 +305,20 @@ class Call(NamedTuple):
     def _keys_and_argv(self) -> tuple[Any, ...]:
         if self.verb is Verb.ACQUIRE:
             return (2, self.key, BOOT_KEY, self.token, self.ttl_ms, self.guard_ms)
-        if self.verb in (Verb.RELEASE, Verb.UNDO):
+        if self.verb is Verb.QUEUED:  # ACQUIRE's, each list with its extra item last
+            count, *rest = self._replace(verb=Verb.ACQUIRE)._keys_and_argv()
+            keys, argv = rest[:count], rest[count:]
+            return (count + 1, *keys, queue_key(self.key), *argv, self.waiter)
+        if self.verb is Verb.RELEASE:
+            return (2, self.key, queue_key(self.key), self.token)
+        if self.verb is Verb.UNDO:
             return (1, self.key, self.token)
         return (1, self.key, self.token, self.ttl_ms)
 
     def parse(self, reply: Any) -> Reply:
         """Turn a master's raw reply into a :class:`Reply`."""
         verb = self.verb
-        if verb is _ACQUIRE:
+        if verb is _ACQUIRE or verb is Verb.QUEUED:
             won, pttl = reply
             return GRANTED if won == 1 else Reply(_ACQUIRE_OUTCOMES[won], int(pttl))
         if verb is Verb.PEEK:
@@ -254,7 +329,16 @@ class Call(NamedTuple):
             # PTTL: -2 no key, -1 key without expiry (not ours, but it does block), else ms.
             held = int(reply) != -2
             return Reply(Outcome.YES, int(reply)) if held else REFUSED
+        if isinstance(reply, list):  # RELEASE: {2, error}, released but nobody woken
+            return Reply(Outcome.YES, note=f"not announced: {_error_text(reply[1])}")
         return GRANTED if int(reply) == 1 else REFUSED
+
+
+def _error_text(raw: bytes | str) -> str:
+    """A script's error as the master worded it, without the script's line number
+    (Redis 6.2 writes ``@user_script: 4: ...``, 7 writes ``ERR ...``)."""
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    return re.sub(r"^(@user_script: ?\d+: |ERR )", "", text)
 
 
 _ACQUIRE = Verb.ACQUIRE
@@ -283,7 +367,8 @@ def _head(verb: Verb) -> bytes:
     return b"*%d\r\n" % len(example) + start[start.index(b"\r\n") + 2 :]
 
 
-_HEADS = {verb: _head(verb) for verb in _SCRIPTS}
+#: Not for QUEUED: only blocked waiters send it, packed generically.
+_HEADS: dict[Verb, bytes] = {verb: _head(verb) for verb in _SCRIPTS if verb is not Verb.QUEUED}
 
 
 def is_noscript(error: BaseException) -> bool:

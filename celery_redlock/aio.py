@@ -26,7 +26,7 @@ import redis.asyncio.connection as aconn
 from redis.exceptions import InvalidResponse, ResponseError
 
 from celery_redlock import _quorum
-from celery_redlock._base import HandleBase, ManagerBase, Renewal, Seconds, logger
+from celery_redlock._base import HandleBase, ManagerBase, Renewal, Seconds
 from celery_redlock._masters import MasterSpec
 from celery_redlock._quorum import Listen, Round, Vote
 from celery_redlock._scripts import Call, Outcome, is_noscript, loads
@@ -104,8 +104,7 @@ class _Driver:
                     await listener.listen(effect.channel)
                     result = None
                 else:
-                    await (listener or _Listener.idle).wait(effect.seconds)
-                    result = None
+                    result = await (listener or _Listener.idle).wait(effect.seconds)
         except StopIteration as stop:
             return stop.value
         finally:
@@ -202,7 +201,7 @@ class _Driver:
         self._idle[i].append(conn)
         m._health[i].succeeded()
         parsed = call.parse(reply)
-        return Vote(name, parsed.outcome, parsed.pttl_ms, owner=parsed.owner)
+        return Vote(name, parsed.outcome, parsed.pttl_ms, parsed.note, parsed.owner)
 
     async def _call_once_more_if_stale(self, conn: Any, call: Call, deadline: float) -> Any:
         """A connection that answered before may have outlived its master's restart: one
@@ -249,7 +248,8 @@ class _Driver:
 
 
 class _Listener:
-    """Subscriptions to one channel on every master, for one blocked acquisition."""
+    """Subscriptions to one waiter's channel on every master, for one blocked acquisition;
+    a master that refuses it (an ACL) is warned of and left out, as the sync driver does."""
 
     idle: _Listener
 
@@ -257,7 +257,7 @@ class _Listener:
         self._driver = driver
         self._conns: list[Any] = []
         self._news = asyncio.Event() if driver is not None else None
-        self._heard: set[bytes] = set()
+        self._heard = 0  # wake-ups since the last wait returned
         self._readers: list[asyncio.Task[None]] = []
 
     async def listen(self, channel: str) -> None:
@@ -273,37 +273,41 @@ class _Listener:
             self._conns.append(conn)
             confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             ready.append(confirmed)
-            self._readers.append(asyncio.ensure_future(self._read(conn, channel, confirmed)))
+            self._readers.append(asyncio.ensure_future(self._read(i, conn, channel, confirmed)))
         # Subscribed means confirmed: only then can no release slip past unheard.
         if ready:
             await asyncio.wait(
                 ready, timeout=m.settings.master_timeout, return_when=asyncio.ALL_COMPLETED
             )
 
-    async def _read(self, conn: Any, channel: str, confirmed: asyncio.Future[None]) -> None:
+    async def _read(self, i: int, conn: Any, channel: str, confirmed: asyncio.Future[None]) -> None:
         assert self._news is not None
+        assert self._driver is not None
         try:
             await conn.send_command("SUBSCRIBE", channel)
             while True:
                 reply = await conn.read_response()
                 if reply and reply[0] == b"subscribe" and not confirmed.done():
                     confirmed.set_result(None)
-                elif reply and reply[0] == b"message" and reply[2] not in self._heard:
-                    # One release is announced by every master that held the key:
-                    # only its first copy is news.
-                    self._heard.add(reply[2])
+                elif reply and reply[0] == b"message":
+                    self._heard += 1  # every copy counts: see the sync driver's _Listener
                     self._news.set()
-        except (*_IO_ERRORS, ResponseError):
+        except (*_IO_ERRORS, ResponseError) as exc:
+            if isinstance(exc, ResponseError):
+                self._driver._m._subscription_refused(i, exc)
             if not confirmed.done():
                 confirmed.set_result(None)
 
-    async def wait(self, seconds: float) -> None:
+    async def wait(self, seconds: float) -> int:
+        """Sleep up to ``seconds``, or until woken; returns how many wake-ups came."""
         if self._news is None or not self._readers:
             await asyncio.sleep(seconds)
-            return
+            return 0
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._news.wait(), seconds)
         self._news.clear()
+        heard, self._heard = self._heard, 0
+        return heard
 
     async def close(self) -> None:
         for task in self._readers:
@@ -339,11 +343,7 @@ class AsyncLock(HandleBase["AsyncRedlock"]):
         released, votes = await self._manager._driver.run(
             _quorum.release(self.key, self.token, self._manager.policy)
         )
-        if not released:
-            logger.info(
-                "release of %r reached no quorum: %s", self.resource, "; ".join(map(str, votes))
-            )
-        return bool(released)
+        return self._manager._released(self.resource, released, votes)
 
     async def extend(self, ttl: Seconds | None = None) -> float:
         """Re-arm the lock to ``ttl`` seconds (default: its TTL); returns the new validity."""
@@ -443,8 +443,8 @@ class AsyncRedlock(ManagerBase):
         if not isinstance(token, str) or not token:
             raise ConfigurationError("token must be a non-empty string")
         key = self.settings.key(resource)
-        released, _votes = await self._driver.run(_quorum.release(key, token, self.policy))
-        return bool(released)
+        released, votes = await self._driver.run(_quorum.release(key, token, self.policy))
+        return self._released(resource, released, votes)
 
     async def locked(self, resource: str) -> bool:
         """Whether a quorum of masters holds ``resource`` now (by anyone)."""

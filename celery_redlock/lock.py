@@ -41,7 +41,7 @@ import redis
 from redis.exceptions import InvalidResponse, RedisError
 
 from celery_redlock import _quorum, _resp
-from celery_redlock._base import HandleBase, ManagerBase, Seconds, logger
+from celery_redlock._base import HandleBase, ManagerBase, Seconds
 from celery_redlock._masters import MasterSpec
 from celery_redlock._quorum import Listen, Round, Vote
 from celery_redlock._resp import INCOMPLETE
@@ -282,8 +282,7 @@ class _Driver:
                     listener.listen(effect.channel)
                     result = None
                 else:
-                    (listener or _Listener.idle).wait(effect.seconds)
-                    result = None
+                    result = (listener or _Listener.idle).wait(effect.seconds)
         except StopIteration as stop:
             return stop.value
         finally:
@@ -450,8 +449,8 @@ class _Driver:
             return Vote(name, Outcome.ERROR, error=f"unexpected reply {reply!r}: {exc}")
         if parsed is GRANTED:
             return self._granted[i]  # the usual answer, made once per master
-        outcome, pttl_ms, owner = parsed
-        return Vote(name, outcome, pttl_ms, None, owner)
+        outcome, pttl_ms, owner, note = parsed
+        return Vote(name, outcome, pttl_ms, note, owner)
 
     def _resend(self, i: int, link: _Link, packed: bytes) -> Vote | None:
         try:
@@ -472,79 +471,89 @@ def _describe(exc: BaseException) -> str:
 
 
 class _Listener:
-    """Subscriptions to one channel on every master, opened for one blocked acquisition.
+    """Subscriptions to one waiter's channel on every master, for one blocked acquisition.
 
     Connections are made per wait rather than kept: only a blocked caller pays for them,
-    and the hand-off (release → message → our next round) stays a single round trip.
+    and the hand-off (release → message → our next round) stays a single round trip. A
+    master that refuses the subscription (an error reply: an ACL without the channel) is
+    warned of and left out, as one that does not answer is: the wait falls back on its
+    timed poll there.
+
+    Every message counts, the other masters' copies of one release included: each says
+    that one more master freed the key for us, and the algorithm asks again once enough
+    of them came (see ``_quorum.acquire``).
     """
 
     idle: _Listener
 
     def __init__(self, manager: Redlock | None) -> None:
         self._m = manager
-        self._conns: dict[int, Any] = {}
-        self._heard: set[bytes] = set()
+        self._conns: dict[int, tuple[int, Any]] = {}  # fd -> (master, connection)
 
     def listen(self, channel: str) -> None:
         m = self._m
         assert m is not None
         now = m.clock()
         deadline = now + m.settings.master_timeout
-        pending: dict[int, Any] = {}
+        pending: dict[int, tuple[int, Any]] = {}
         for i, spec in enumerate(m._specs):
             if m._health[i].skip_reason(now) is not None:
                 continue
             conn = spec.connection_class(**spec.connect_kwargs(m.settings.master_timeout))
             try:
                 conn.send_command("SUBSCRIBE", channel)
-                pending[conn._sock.fileno()] = conn
+                pending[conn._sock.fileno()] = (i, conn)
             except _IO_ERRORS:
                 conn.disconnect()
         self._conns.update(pending)
         # Subscribed means confirmed: only then can no release slip past unheard.
-        self._poll(deadline, want=b"subscribe", until_all=True)
+        self._poll(deadline, want=b"subscribe")
 
-    def wait(self, seconds: float) -> None:
+    def wait(self, seconds: float) -> int:
+        """Sleep up to ``seconds``, or until woken; returns how many wake-ups came (the
+        first, and any other master's already here)."""
         if not self._conns or self._m is None:
             time.sleep(seconds)
-            return
-        self._poll(self._m.clock() + seconds, want=b"message", until_all=False)
+            return 0
+        return self._poll(self._m.clock() + seconds, want=b"message")
 
-    def _poll(self, deadline: float, want: bytes, until_all: bool) -> None:
+    def _poll(self, deadline: float, want: bytes) -> int:
+        """Read replies until every connection sent ``want`` (a subscription confirmed),
+        or for messages, until the first came, then those already here; returns how many
+        ``want`` replies were read. Connections that fail or refuse are dropped."""
         assert self._m is not None
         poller = select.poll()
         for fd in self._conns:
             poller.register(fd, select.POLLIN)
         outstanding = set(self._conns)
+        got = 0
         while outstanding:
             remaining = deadline - self._m.clock()
-            if remaining <= 0:
-                return
-            for fd, _event in poller.poll(math.ceil(remaining * 1000)):
+            if want == b"message" and got:
+                remaining = 0  # woken: only pick up the copies already here
+            events = poller.poll(max(0, math.ceil(remaining * 1000)))
+            if not events:
+                return got
+            for fd, _event in events:
+                i, conn = self._conns[fd]
                 try:
-                    reply = self._conns[fd].read_response()
-                except _IO_ERRORS:
+                    reply = conn.read_response()
+                except (*_IO_ERRORS, RedisError) as exc:
+                    if not isinstance(exc, _IO_ERRORS):
+                        self._m._subscription_refused(i, exc)
                     poller.unregister(fd)
                     outstanding.discard(fd)
+                    del self._conns[fd]
+                    conn.disconnect()
                     continue
-                if reply[0] != want:
-                    continue
-                if until_all:
-                    outstanding.discard(fd)
-                elif self._news(reply):
-                    return
-
-    def _news(self, message: Any) -> bool:
-        """A release we have not heard of yet: one release is announced by every master
-        that held the key, and only its first copy should end a wait."""
-        token = message[2]
-        if token in self._heard:
-            return False
-        self._heard.add(token)
-        return True
+                if reply[0] == want:
+                    got += 1
+                    if want == b"subscribe":
+                        outstanding.discard(fd)
+        return got
 
     def close(self) -> None:
-        for conn in self._conns.values():
+        for _i, conn in self._conns.values():
             conn.disconnect()
         self._conns.clear()
 
@@ -575,11 +584,7 @@ class Lock(HandleBase["Redlock"]):
         released, votes = self._manager._driver.run(
             _quorum.release(self.key, self.token, self._manager.policy)
         )
-        if not released:
-            logger.info(
-                "release of %r reached no quorum: %s", self.resource, "; ".join(map(str, votes))
-            )
-        return bool(released)
+        return self._manager._released(self.resource, released, votes)
 
     def extend(self, ttl: Seconds | None = None) -> float:
         """Re-arm the lock to ``ttl`` seconds (default: its TTL); returns the new validity.
@@ -802,8 +807,8 @@ class Redlock(ManagerBase):
         if not isinstance(token, str) or not token:
             raise ConfigurationError("token must be a non-empty string")
         key = self.settings.key(resource)
-        released, _votes = self._driver.run(_quorum.release(key, token, self.policy))
-        return bool(released)
+        released, votes = self._driver.run(_quorum.release(key, token, self.policy))
+        return self._released(resource, released, votes)
 
     def locked(self, resource: str) -> bool:
         """Whether a quorum of masters holds ``resource`` now (by anyone)."""

@@ -37,7 +37,7 @@ class SimMaster:
             return Vote(self.name, Outcome.ERROR, error="down")
         holder = self.live(call.key, now)
         ttl = call.ttl_ms / 1000
-        if call.verb is Verb.ACQUIRE:
+        if call.verb in (Verb.ACQUIRE, Verb.QUEUED):  # the line of waiters is not modelled
             if holder is None or holder == call.token:
                 self.keys[call.key] = (call.token, now + ttl)
                 return Vote(self.name, Outcome.YES)
@@ -105,4 +105,4 @@ class SimCluster:
         assert isinstance(effect, Wait)
         self.waits.append(effect.seconds)
         self.now += effect.seconds
-        return None
+        return 0  # nobody releases here: every wait runs out

@@ -7,7 +7,9 @@ vote and its connection is replaced, one not in when the round settled early is 
 vote too (its reply is drained later). ``wait=False`` rounds send and return at once.
 ``Listen`` subscribes on every master and returns once all confirmed or the per-master
 timeout passed; ``Wait`` sleeps, but a release message, even one that arrived during an
-earlier round (buffered, as in a socket), ends it.
+earlier round (buffered, as in a socket), ends it; it returns how many messages it read.
+When the operation ends, its subscriptions are closed (the masters hear of it over the
+network, as of a closed socket).
 
 What the client *does* is a workload generator yielding :class:`Run` (drive one
 operation, as ``driver.run`` does, with its own listener), :class:`Sleep` and
@@ -73,6 +75,7 @@ class _Round:
 @dataclass(slots=True)
 class _Listener:
     id: int
+    channel: str
     pending: set[int]
     news: int = 0
     done: bool = False
@@ -186,7 +189,10 @@ class SimClient:
 
     def _finish(self, value: Any, error: LockError | None) -> None:
         self._algorithm = None
-        self._listener = None  # the driver closes its subscriptions when run() ends
+        if self._listener is not None:  # the driver closes its subscriptions when run() ends
+            for i in range(len(self.world.masters)):
+                self.world.unsubscribe(self, i, self._listener.channel)
+        self._listener = None
         self._waiting = None
         self._resume(value, error)
 
@@ -241,7 +247,7 @@ class SimClient:
 
     def _listen(self, channel: str) -> None:
         n = len(self.world.masters)
-        state = _Listener(next(self._listeners), set(range(n)))
+        state = _Listener(next(self._listeners), channel, set(range(n)))
         self._listener = state
         for i in range(n):
             done = functools.partial(self.post, functools.partial(self._confirmed, state, i))
@@ -262,8 +268,9 @@ class SimClient:
     def _wait(self, wait: Wait) -> None:
         listener = self._listener
         if listener is not None and listener.news:
-            listener.news -= 1  # a message already buffered: the poll returns at once
-            self.world.loop.soon(functools.partial(self.post, functools.partial(self._step, None)))
+            # Messages already buffered: the poll returns at once, with all of them.
+            heard, listener.news = listener.news, 0
+            self.world.loop.soon(functools.partial(self.post, functools.partial(self._step, heard)))
             return
         self._waiting = ticket = next(self._waits)
         self.after(wait.seconds, functools.partial(self._woken, ticket))
@@ -271,7 +278,7 @@ class SimClient:
     def _woken(self, ticket: int) -> None:
         if self._waiting == ticket:
             self._waiting = None
-            self._step(None)
+            self._step(0)
 
     def news(self, listener: int) -> None:
         """A release message from some master, for listener ``listener``."""
@@ -283,6 +290,6 @@ class SimClient:
             return
         if self._waiting is not None and state.done:
             self._waiting = None
-            self._step(None)
+            self._step(1)
         else:
             state.news += 1

@@ -9,6 +9,10 @@ expiry slack in :data:`~celery_redlock._quorum.CLOCK_PRECISION` comes from.
 Crashes lose every key and the boot marker unless the master is persistent (AOF with
 fsync always: nothing acknowledged is lost, expiry times are absolute and keep running
 while it is down). A paused master (SIGSTOP) queues what arrives and answers it on resume.
+
+Each key's line of waiters (``_scripts.QUEUED`` and ``RELEASE``) is kept as the scripts
+keep it: joined in arrival order, left when granted, and a release wakes the oldest entry
+that has a subscriber, dropping the ones nobody hears (PUBLISH counts who heard).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery_redlock._scripts import Call, Verb
+from celery_redlock._scripts import QUEUE_TTL_MS, Call, Verb
 from tests.simulation.engine import Action, Clock
 
 
@@ -40,6 +44,9 @@ class SimMaster:
     backlog: list[Action] = field(default_factory=list)
     #: channel -> client id -> that client's listener id
     subscribers: dict[str, dict[int, int]] = field(default_factory=dict)
+    #: key -> its line of waiters: (channel -> place in line, expiry in the master's ms)
+    lines: dict[str, tuple[dict[str, int], int]] = field(default_factory=dict)
+    joined: int = 0  # arrivals in line so far: the place of the next one
 
     def __post_init__(self) -> None:
         self.name = self.name or f"m{self.index}"
@@ -58,6 +65,7 @@ class SimMaster:
         self.subscribers.clear()
         if not self.persistent:
             self.keys.clear()
+            self.lines.clear()
             self.boot = None
 
     def restart(self) -> None:
@@ -74,23 +82,26 @@ class SimMaster:
 
     # --- the scripts ---------------------------------------------------------------------
 
-    def execute(self, call: Call, true_time: float) -> tuple[Any, bool]:
-        """Run one call atomically; returns (raw reply, whether a release was published)."""
+    def execute(self, call: Call, true_time: float) -> tuple[Any, str | None]:
+        """Run one call atomically; returns (raw reply, the channel a release woke)."""
         now = self.now_ms(true_time)
         self._expire(call.key, now)
         if call.verb is Verb.ACQUIRE:
-            return self._acquire(call, now), False
+            return self._acquire(call, now), None
+        if call.verb is Verb.QUEUED:
+            return self._queued(call, now), None
         entry = self.keys.get(call.key)
         ours = entry is not None and entry[0] == call.token
         if call.verb is Verb.EXTEND:
             if ours:
                 self.keys[call.key] = (call.token, now + call.ttl_ms)
-            return int(ours), False
+            return int(ours), None
         if call.verb in (Verb.RELEASE, Verb.UNDO):
-            if ours:
-                del self.keys[call.key]
-            return int(ours), ours and call.verb is Verb.RELEASE  # UNDO announces nothing
-        return (-2 if entry is None else entry[1] - now), False
+            if not ours:
+                return 0, None
+            del self.keys[call.key]
+            return 1, self._wake(call.key) if call.verb is Verb.RELEASE else None
+        return (-2 if entry is None else entry[1] - now), None
 
     def _acquire(self, call: Call, now: int) -> list[int]:
         """ACQUIRE, line by line: the guard (BOOT_KEY), SET NX PX, or re-arm our own key."""
@@ -105,7 +116,38 @@ class SimMaster:
             return [1, 0]
         return [0, entry[1] - now]
 
+    def _queued(self, call: Call, now: int) -> list[int]:
+        """QUEUED: ACQUIRE, then leave the line if granted, join it (or keep the place in
+        it) if refused; the line lives on for QUEUE_TTL_MS."""
+        reply = self._acquire(call, now)
+        line, _expiry = self.lines.get(call.key, ({}, 0))
+        if reply[0] == 1:
+            line.pop(call.waiter, None)
+        elif reply[0] == 0:
+            self.joined += 1
+            line.setdefault(call.waiter, self.joined)
+        if line:
+            self.lines[call.key] = (line, now + QUEUE_TTL_MS if reply[0] == 0 else _expiry)
+        else:
+            self.lines.pop(call.key, None)
+        return reply
+
+    def _wake(self, key: str) -> str | None:
+        """RELEASE's wake-up: the oldest of the first ten waiters that has a subscriber;
+        the ones before it, heard by nobody, leave the line."""
+        line, _expiry = self.lines.get(key, ({}, 0))
+        for waiter in sorted(line, key=line.__getitem__)[:10]:
+            if self.subscribers.get(waiter):
+                return waiter
+            del line[waiter]
+        if not line:
+            self.lines.pop(key, None)
+        return None
+
     def _expire(self, key: str, now: int) -> None:
         entry = self.keys.get(key)
         if entry is not None and now > entry[1]:
             del self.keys[key]
+        line = self.lines.get(key)
+        if line is not None and now > line[1]:
+            del self.lines[key]

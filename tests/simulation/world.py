@@ -111,14 +111,14 @@ class World:
         on_vote: OnVote | None,
         who: str,
     ) -> None:
-        raw, published = master.execute(call, self.loop.now)
+        raw, woken = master.execute(call, self.loop.now)
         reply = call.parse(raw)
         if self.log is not None:
             self.trace(
                 f"{master.name} {call.verb.value} {call.token or call.key} from {who}: {raw}"
             )
-        if published:
-            self._publish(master, call.key)
+        if woken is not None:
+            self._publish(master, woken)
         self._answer(link, master.index, on_vote, Vote(master.name, reply.outcome, reply.pttl_ms))
 
     def _answer(
@@ -147,6 +147,25 @@ class World:
             if master.paused:
                 master.backlog.append(serve)
             else:
+                serve()
+
+        self.net.deliver((client.id, i, -1, "to"), i, arrive)
+
+    def unsubscribe(self, client: SimClient, i: int, channel: str) -> None:
+        """The client closes its subscription to master ``i``: the master forgets it when
+        the close arrives (behind anything sent before it), and at once if it crashed."""
+        master = self.masters[i]
+
+        def serve() -> None:
+            subscribers = master.subscribers.get(channel, {})
+            subscribers.pop(client.id, None)
+            if not subscribers:
+                master.subscribers.pop(channel, None)
+
+        def arrive() -> None:
+            if master.paused:
+                master.backlog.append(serve)
+            elif master.up:
                 serve()
 
         self.net.deliver((client.id, i, -1, "to"), i, arrive)
