@@ -162,23 +162,62 @@ def waiter_channel(key: str, waiter: str) -> str:
 # a few per release. A release nobody waits for costs one ZRANGE of a missing key.
 # The PUBLISH runs in redis.pcall, after the DEL: a user refused it (ACL) still released,
 # and hears so, as {2, error}: a Lua error would not undo the DEL, only hide it.
+#: Lua shared by every deletion that hands a lock on (a release, a forced release): wake
+#: the oldest waiter in ``line`` that still listens, alone; returns the PUBLISH error of a
+#: user refused it, else nil.
+_WAKE_NEXT = """
+local function wake_next(line, message)
+    for _, waiter in ipairs(redis.call('ZRANGE', line, 0, 9)) do
+        local heard = redis.pcall('PUBLISH', waiter, message)
+        if type(heard) == 'table' then
+            return heard.err
+        end
+        if heard > 0 then
+            return nil
+        end
+        redis.call('ZREM', line, waiter)
+    end
+    return nil
+end
+"""
+
 RELEASE = Script(
     "release",
-    """
+    _WAKE_NEXT
+    + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
     return 0
 end
 redis.call('DEL', KEYS[1])
-for _, waiter in ipairs(redis.call('ZRANGE', KEYS[2], 0, 9)) do
-    local heard = redis.pcall('PUBLISH', waiter, ARGV[1])
-    if type(heard) == 'table' then
-        return {2, heard.err}
-    end
-    if heard > 0 then
-        return 1
-    end
-    redis.call('ZREM', KEYS[2], waiter)
+local refused = wake_next(KEYS[2], ARGV[1])
+if refused then
+    return {2, refused}
 end
+return 1
+""",
+)
+
+# KEYS[1] lock key; KEYS[2] its line of waiters; ARGV[1] the message the woken waiter
+# hears; ARGV[2] the token's length. For operators (``celery redlock release``): returns 1
+# when the key held a lock's value (token, or token:owner) and was deleted, 0 when there
+# is no such key, -1 when it is something else (left alone). The check and the delete are
+# one script, so a key that changed between them cannot be deleted unchecked; the next
+# waiter is woken as by a release, and a user refused PUBLISH still gets the deletion.
+FORCE_RELEASE = Script(
+    "force_release",
+    _WAKE_NEXT
+    + """
+local value = redis.pcall('GET', KEYS[1])
+if not value then return 0 end
+if type(value) ~= 'string' then return -1 end
+local n = tonumber(ARGV[2])
+local token = string.sub(value, 1, n)
+local rest = string.sub(value, n + 1, n + 1)
+if #token < n or string.find(token, '[^0-9a-f]') or (rest ~= '' and rest ~= ':') then
+    return -1
+end
+redis.call('DEL', KEYS[1])
+wake_next(KEYS[2], ARGV[1])
 return 1
 """,
 )

@@ -20,7 +20,7 @@ import redis
 from celery_redlock import _quorum
 from celery_redlock._base import ManagerBase, new_token
 from celery_redlock._masters import MasterSpec
-from celery_redlock._scripts import BOOT_KEY, parse_marker
+from celery_redlock._scripts import BOOT_KEY, FORCE_RELEASE, parse_marker, queue_key
 from celery_redlock._server import INFO_SECTIONS, ServerFacts
 from celery_redlock.config import LockSettings
 from celery_redlock.exceptions import ConfigurationError, LockError
@@ -280,26 +280,6 @@ def _record(
 #: Results of :data:`FORCE_RELEASE` by master.
 RELEASED, ABSENT, NOT_A_LOCK = "released", "absent", "not a lock"
 
-# KEYS[1] the key; ARGV[1] the message published on the key's channel; ARGV[2] the
-# token's length. Returns 1 when the key held a lock's value (token, or token:owner) and
-# was deleted; 0 when there is no such key; -1 when it is something else (left alone).
-# The check and the delete are one script, so a key that changed between them cannot be
-# deleted unchecked. The PUBLISH wakes blocked waiters, as a release does; a user not
-# allowed to publish still gets the deletion (pcall).
-FORCE_RELEASE = """
-local value = redis.pcall('GET', KEYS[1])
-if not value then return 0 end
-if type(value) ~= 'string' then return -1 end
-local n = tonumber(ARGV[2])
-local token = string.sub(value, 1, n)
-local rest = string.sub(value, n + 1, n + 1)
-if #token < n or string.find(token, '[^0-9a-f]') or (rest ~= '' and rest ~= ':') then
-    return -1
-end
-redis.call('DEL', KEYS[1])
-redis.pcall('PUBLISH', KEYS[1], ARGV[1])
-return 1
-"""
 _RESULTS = {1: RELEASED, 0: ABSENT, -1: NOT_A_LOCK}
 
 
@@ -351,7 +331,7 @@ def force_release(manager: ManagerBase, resource: str, *, timeout: float = 1.0) 
 
 def _force(client: redis.Redis, key: str, message: str) -> str:
     try:
-        reply = client.eval(FORCE_RELEASE, 1, key, message, _TOKEN_CHARS)
+        reply = client.eval(FORCE_RELEASE.source, 2, key, queue_key(key), message, _TOKEN_CHARS)
     except redis.RedisError as exc:
         return f"error ({type(exc).__name__}: {exc})"
     return _RESULTS.get(int(reply), f"unexpected reply {reply!r}")

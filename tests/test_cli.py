@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 from celery_redlock import SingletonTask
 from celery_redlock._appstate import state_of
 from celery_redlock._run import window_of
-from celery_redlock._scripts import BOOT_KEY
+from celery_redlock._scripts import BOOT_KEY, queue_key
 from celery_redlock.cli import EXIT_CONFIG, EXIT_PROBLEM, redlock
 from celery_redlock.lock import Redlock
 from celery_redlock.testing import RedisGroup
@@ -217,19 +217,29 @@ def test_a_forced_release_wakes_a_blocked_waiter(fresh3: RedisGroup) -> None:
     app = app_for(fresh3.urls)
     dlm = state_of(app).manager
     assert dlm.acquire("stuck", 30) is not None
+    clients = [server.client() for server in fresh3]
+    spy = clients[0].pubsub()  # type: ignore[no-untyped-call]
+    spy.psubscribe("redlock:stuck:waiter:*")  # hears what is published to any waiter
+    assert spy.get_message(timeout=5)["type"] == "psubscribe"
     got: list[object] = []
     with Redlock(fresh3.urls) as waiter:
         thread = threading.Thread(
             target=lambda: got.append(waiter.acquire("stuck", 30, blocking=True, timeout=20))
         )
         thread.start()
-        clients = [server.client() for server in fresh3]
-        while not all(c.pubsub_numsub("redlock:stuck")[0][1] for c in clients):
-            time.sleep(0.01)  # until the waiter listens
+        while not all(c.zcard(queue_key("redlock:stuck")) for c in clients):
+            time.sleep(0.01)  # until the waiter stands in line on every master
         assert run(app, "release", "stuck", "--yes").exit_code == 0
         thread.join()
+    woken = spy.get_message(timeout=5)
+    spy.close()
+    for client in clients:
+        client.close()
     (lock,) = got
-    assert lock is not None  # woken: it got the lock long before the 30 s TTL ran out
+    assert lock is not None  # it got the lock long before the 30 s TTL ran out
+    assert woken is not None  # and was woken for it, not left to its timed poll
+    assert woken["type"] == "pmessage"
+    assert woken["data"].startswith(b"forced:")
 
 
 def test_check_passes_a_good_setup_and_flags_problems(fresh3: RedisGroup) -> None:
