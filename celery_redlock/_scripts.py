@@ -10,11 +10,13 @@ no other client can slip between the compare and the write.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple
 
 from celery_redlock._resp import pack
+from celery_redlock._server import INFO_SECTIONS, ServerFacts, parse_info
 
 
 class Outcome(Enum):
@@ -269,6 +271,21 @@ def loads() -> list[tuple[str, str, str]]:
     would be dropped unseen). A master that flushes its scripts later is still served by
     the NOSCRIPT fallback."""
     return [("SCRIPT", "LOAD", script.source) for script in _SCRIPTS.values()]
+
+
+def identify() -> list[tuple[str, str]]:
+    """The INFO commands sent with :func:`loads` on every new connection: what the server
+    says it is (``_server.ServerFacts``) decides whether its votes count
+    (``_masters.Identities``). In the connection's first write, so no round trip of its own."""
+    return [("INFO", section) for section in INFO_SECTIONS]
+
+
+def server_facts(replies: Sequence[Any]) -> ServerFacts | str:
+    """The facts in :func:`identify`'s replies, or why there are none (an error reply)."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            return f"{type(reply).__name__}: {reply}"
+    return ServerFacts.from_info(parse_info(b"".join(bytes(r) for r in replies)))
 
 
 _ACQUIRE_OUTCOMES = {1: Outcome.YES, 0: Outcome.NO, 2: Outcome.ABSTAIN}
