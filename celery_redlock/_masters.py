@@ -257,7 +257,8 @@ class Identities:
     another master also reported (one server under two spellings).
 
     ``problems[i]`` is why master ``i``'s votes must not count, or None; drivers turn its
-    every reply into an ERROR vote with that text while it stands. Both aliases of one
+    every reply into an ERROR vote with that text while it stands (the list is updated
+    in place, so a driver may keep a reference to it). Both aliases of one
     server lose their votes: whichever connection opens second sees the first, so within
     a round at most one of them is counted, and from then on neither (the configuration
     is wrong, and we cannot tell which spelling was meant). Facts are per connection: a
@@ -281,7 +282,7 @@ class Identities:
         with self._lock:
             self._facts[i] = None if isinstance(facts, str) else facts
             self._refused[i] = facts if isinstance(facts, str) else None
-            self.problems = [self._problem(k) for k in range(len(self._names))]
+            self.problems[:] = [self._problem(k) for k in range(len(self._names))]
             for k, name in enumerate(self._names):
                 refused = self._refused[k]
                 warning = self.problems[k] or (

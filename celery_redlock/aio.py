@@ -207,7 +207,9 @@ class _Driver:
         if problem is not None:
             return Vote(name, Outcome.ERROR, error=problem)  # evicts, or is another master
         parsed = call.parse(reply)
-        return Vote(name, parsed.outcome, parsed.pttl_ms, owner=parsed.owner)
+        return Vote(
+            name, parsed.outcome, parsed.pttl_ms, owner=parsed.owner, guard_ms=parsed.guard_ms
+        )
 
     async def _call_once_more_if_stale(self, i: int, conn: Any, call: Call, deadline: float) -> Any:
         """A connection that answered before may have outlived its master's restart: one

@@ -302,6 +302,7 @@ class _Driver:
         self._m = manager
         self._granted = [Vote(spec.name, Outcome.YES) for spec in manager._specs]
         self._identities = Identities(manager.masters)
+        self._problems = self._identities.problems
         self._free: list[tuple[int, list[_Link]]] = []  # (fork generation, links) not in use
         self._all: weakref.WeakSet[_Link] = weakref.WeakSet()
 
@@ -490,7 +491,7 @@ class _Driver:
         health = self._m._health[i]
         if health.failures:
             health.succeeded()
-        problem = self._identities.problems[i]
+        problem = self._problems[i]
         if problem is not None:
             return Vote(name, Outcome.ERROR, error=problem)  # evicts, or is another master
         try:
@@ -499,8 +500,8 @@ class _Driver:
             return Vote(name, Outcome.ERROR, error=f"unexpected reply {reply!r}: {exc}")
         if parsed is GRANTED:
             return self._granted[i]  # the usual answer, made once per master
-        outcome, pttl_ms, owner = parsed
-        return Vote(name, outcome, pttl_ms, None, owner)
+        outcome, pttl_ms, owner, guard_ms = parsed
+        return Vote(name, outcome, pttl_ms, None, owner, guard_ms)
 
     def _resend(self, i: int, link: _Link, packed: bytes) -> Vote | None:
         try:
