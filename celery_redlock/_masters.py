@@ -100,7 +100,7 @@ def canonical_host(host: str) -> str:
     case without a trailing dot, and every spelling of this machine (any loopback address,
     ``0.0.0.0``, ``::``, ``localhost``) as ``localhost``, since a server listening on all
     addresses answers on each of them. Names that resolve to one server stay apart here;
-    the server's ``run_id`` (see :class:`Identities`) tells them apart when connecting."""
+    the server's ``run_id`` (see :class:`Identities`) shows them as one when connecting."""
     name = host.strip().strip("[]").rstrip(".").lower()
     address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     try:
@@ -112,7 +112,7 @@ def canonical_host(host: str) -> str:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     if address is None:
-        return "localhost" if name == "localhost" or name.endswith(".localhost") else name
+        return name
     if address.is_loopback or address.is_unspecified:
         return "localhost"
     return str(address)
