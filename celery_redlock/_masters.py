@@ -14,9 +14,14 @@ full per-master timeout on every round.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import ipaddress
+import logging
 import math
+import os
 import re
+import socket
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +31,10 @@ from urllib.parse import urlsplit
 import redis
 from redis.retry import Retry
 
+from celery_redlock._server import ServerFacts
 from celery_redlock.exceptions import ConfigurationError
+
+logger = logging.getLogger("celery_redlock")
 
 MasterLike: TypeAlias = "str | Mapping[str, Any] | redis.Redis"
 
@@ -104,12 +112,40 @@ def _describe(
     path = kwargs.get("path")
     db = kwargs.get("db", 0) or 0
     if path:
-        return f"unix://{path}?db={db}", ("unix", str(path))
+        return f"unix://{path}?db={db}", ("unix", os.path.realpath(str(path)))
     scheme = "rediss" if "SSL" in connection_class.__name__ else "redis"
     host = str(kwargs.get("host", "localhost"))
     port = int(kwargs.get("port", 6379))
-    identity_host = "127.0.0.1" if host in ("localhost", "::1", "127.0.0.1") else host.lower()
-    return f"{scheme}://{host}:{port}/{db}", ("tcp", identity_host, str(port))
+    return f"{scheme}://{host}:{port}/{db}", ("tcp", canonical_host(host), str(port))
+
+
+#: What a numeric IPv4 address may be written with (``127.1``, ``0x7f.0.0.1``): the forms
+#: ``inet_aton`` (and so every resolver) reads as an address rather than a name.
+_IPV4_LIKE = re.compile(r"[0-9a-fx.]+")
+
+
+def canonical_host(host: str) -> str:
+    """One spelling per host, as far as it can be told without asking DNS: addresses in
+    their canonical form (short IPv4 forms, IPv4-mapped IPv6, brackets), names in lower
+    case without a trailing dot, and every spelling of this machine (any loopback address,
+    ``0.0.0.0``, ``::``, ``localhost``) as ``localhost``, since a server listening on all
+    addresses answers on each of them. Names that resolve to one server stay apart here;
+    the server's ``run_id`` (see :class:`Identities`) shows them as one when connecting."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    try:
+        address = ipaddress.ip_address(name.partition("%")[0])
+    except ValueError:
+        if _IPV4_LIKE.fullmatch(name):
+            with contextlib.suppress(OSError):
+                address = ipaddress.IPv4Address(socket.inet_aton(name))
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address is None:
+        return name
+    if address.is_loopback or address.is_unspecified:
+        return "localhost"
+    return str(address)
 
 
 _SCHEMES = ("redis://", "rediss://", "unix://")
@@ -244,7 +280,10 @@ def parse_masters(masters: Sequence[Any]) -> tuple[MasterSpec, ...]:
     """All masters, refusing none at all and the same server listed twice.
 
     Two databases of one server count as one master: they fail together, and counting
-    them twice would let one process grant a quorum on its own.
+    them twice would let one process grant a quorum on its own. Spellings are compared
+    after :func:`canonical_host` (and unix socket paths after ``realpath``); what no
+    spelling can reveal (a name and its address, a socket and its port) is caught by
+    :class:`Identities` when the connections open.
     """
     if isinstance(masters, (str, bytes)) or not isinstance(masters, Sequence):
         raise ConfigurationError(
@@ -278,6 +317,61 @@ def seconds(value: Any, setting: str, *, allow_zero: bool = False) -> float:
         bound = "at least 0" if allow_zero else "more than 0"
         raise ConfigurationError(f"{setting} must be finite and {bound} seconds, got {value!r}")
     return total
+
+
+class Identities:
+    """What each master's server said it is (``INFO``, read on every new connection), and
+    so which masters may not vote: a server that evicts keys, or one whose ``run_id``
+    another master also reported (one server under two spellings).
+
+    ``problems[i]`` is why master ``i``'s votes must not count, or None; drivers turn its
+    every reply into an ERROR vote with that text while it stands (the list is updated
+    in place, so a driver may keep a reference to it). Both aliases of one
+    server lose their votes: whichever connection opens second sees the first, so within
+    a round at most one of them is counted, and from then on neither (the configuration
+    is wrong, and we cannot tell which spelling was meant). Facts are per connection: a
+    restarted server has a new ``run_id`` and a ``CONFIG SET`` shows on the next
+    connection. A master whose INFO is refused (an ACL without it) stays unchecked, with a
+    WARNING: refusing its votes would stop every lock of such a deployment.
+    """
+
+    __slots__ = ("_facts", "_lock", "_names", "_refused", "_warned", "problems")
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self._names = tuple(names)
+        self._facts: list[ServerFacts | None] = [None] * len(self._names)
+        self._warned: list[str | None] = [None] * len(self._names)
+        self._refused: list[str | None] = [None] * len(self._names)
+        self._lock = threading.Lock()
+        self.problems: list[str | None] = [None] * len(self._names)
+
+    def record(self, i: int, facts: ServerFacts | str) -> None:
+        """Master ``i``'s new connection reported ``facts``, or why it reported none."""
+        with self._lock:
+            self._facts[i] = None if isinstance(facts, str) else facts
+            self._refused[i] = facts if isinstance(facts, str) else None
+            self.problems[:] = [self._problem(k) for k in range(len(self._names))]
+            for k, name in enumerate(self._names):
+                refused = self._refused[k]
+                warning = self.problems[k] or (
+                    refused and f"INFO refused ({refused}): identity and eviction unchecked"
+                )
+                if warning != self._warned[k]:  # once per master and problem
+                    self._warned[k] = warning
+                    if warning:
+                        logger.warning("master %s: %s", name, warning)
+
+    def _problem(self, k: int) -> str | None:
+        facts = self._facts[k]
+        if facts is None:
+            return None
+        for j, other in enumerate(self._facts):
+            if j != k and other is not None and facts.run_id and other.run_id == facts.run_id:
+                return (
+                    f"same server as {self._names[j]} (run_id {facts.run_id[:12]}):"
+                    " one server must not vote twice; list each server once"
+                )
+        return facts.eviction_problem
 
 
 class Health:

@@ -20,7 +20,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple, TypeAlias
 
@@ -73,10 +73,13 @@ class Vote(NamedTuple):
     pttl_ms: int | None = None
     error: str | None = None
     owner: str | None = None
+    guard_ms: int | None = None  # the master's restart guard, where longer than declared
 
     def __str__(self) -> str:
         if self.outcome is Outcome.ERROR:
             return f"{self.master}: error ({self.error})"
+        if self.outcome is Outcome.ABSTAIN and self.error is not None:
+            return f"{self.master}: abstains ({self.error})"
         if self.outcome is Outcome.ABSTAIN:
             return f"{self.master}: abstains after a restart ({self.pttl_ms} ms of guard left)"
         if self.outcome is Outcome.NO and self.pttl_ms is not None:
@@ -151,14 +154,22 @@ def decided(yes: int, no: int, errors: int, pending: int, masters: int) -> bool:
 
 
 class Count:
-    """A running tally for a driver reading one round's replies as they arrive."""
+    """A running tally for a driver reading one round's replies as they arrive.
 
-    __slots__ = ("errors", "masters", "need", "no", "yes")
+    A round in which a master abstains is read to its end (every reply, or the deadline):
+    it fails anyway, and the masters that did not restart report the longest restart
+    guard in their replies, which a client with a shorter one must hear to declare it
+    (see ``_within_longest_guard``). Settling on the abstentions alone could leave them
+    unread, every time.
+    """
+
+    __slots__ = ("abstained", "errors", "masters", "need", "no", "yes")
 
     def __init__(self, votes: Sequence[Vote | None], masters: int) -> None:
         self.masters = masters
         self.need = quorum(masters)
         self.yes = self.no = self.errors = 0
+        self.abstained = False
         for vote in votes:
             if vote is not None:
                 self.add(vote)
@@ -171,10 +182,14 @@ class Count:
             self.no += 1
         else:
             self.errors += 1
+            if outcome is Outcome.ABSTAIN:
+                self.abstained = True
 
     def decided(self, pending: int) -> bool:
         """:func:`decided`, inline: drivers ask it after every reply."""
         need = self.need
+        if self.abstained:
+            return not pending
         return (
             not pending or self.yes >= need or self.no >= need or self.errors > self.masters - need
         )
@@ -222,13 +237,30 @@ class Policy:
         return quorum(self.masters)
 
 
+class Guards:
+    """The longest restart guard (ms) any master has reported to this lock manager.
+
+    Declared with every acquire from then on (when the client's own guard is on), so that
+    masters that restarted empty, and forgot the longer guard with their data, apply it
+    too (see ``_scripts.ACQUIRE``). Only ever raised; two rounds racing may store the
+    shorter of their two findings, which the next round that meets the longer corrects.
+    """
+
+    __slots__ = ("ms",)
+
+    def __init__(self) -> None:
+        self.ms = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
-    """Injected time and chance: the clock (monotonic seconds), jitter, and token source."""
+    """Injected time and chance: the clock (monotonic seconds), jitter, and token source;
+    and what the masters taught this manager about their restart guard."""
 
     clock: Callable[[], float]
     rng: random.Random
     new_token: Callable[[], str]
+    guards: Guards = field(default_factory=Guards)
 
 
 class Lease(NamedTuple):
@@ -367,17 +399,19 @@ def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
     deadline = None if req.timeout is None else ctx.clock() + req.timeout
     seen = _Attempts()
     wire_ttl = ttl_ms(req.ttl)
-    guard = ttl_ms(req.restart_guard) if req.restart_guard > 0 else 0
+    own_guard = ttl_ms(req.restart_guard) if req.restart_guard > 0 else 0
     while True:
         token = f"{ctx.new_token()}:{req.owner}" if req.owner else ctx.new_token()
+        guard = max(own_guard, ctx.guards.ms) if own_guard else 0
         start = ctx.clock()
-        votes = yield Round(_acquire_call(req.key, token, wire_ttl, guard, seen.waiter))
+        sent = yield Round(_acquire_call(req.key, token, wire_ttl, guard, seen.waiter))
+        votes = _within_longest_guard(sent, guard, ctx.guards) if guard else sent
         until = valid_until(start, req.ttl, policy.drift_factor)
         tally = Tally.of(votes, policy.masters)
         verdict = tally.verdict(in_time=ctx.clock() < until)
         if verdict is Verdict.WON:
             return Lease(req.resource, req.key, token, req.ttl, until, tuple(votes))
-        yield from _undo(req.key, token, votes)
+        yield from _undo(req.key, token, sent)
         left = None if deadline is None else deadline - ctx.clock()
         step = next_step(
             req,
@@ -431,6 +465,32 @@ def _acquire_call(key: str, token: str, ttl: int, guard: int, waiter: str) -> Ca
     if waiter:
         return Call(Verb.QUEUED, key, token, ttl, guard, waiter)
     return Call(Verb.ACQUIRE, key, token, ttl, guard)
+
+
+def _within_longest_guard(votes: list[Vote], declared: int, guards: Guards) -> list[Vote]:
+    """The round's votes with each grant from a master that knew only a shorter restart
+    guard than another master reported turned into an abstention (and the longest guard
+    remembered, to be declared from the next round on).
+
+    Such a master may have restarted empty since a client with the longer guard locked
+    the key, and forgotten that guard with its data: its grant is trusted again once it
+    has applied the longer guard (the next round declares it, and the script abstains or
+    grants by it). Its key is undone like any lost round's.
+    """
+    for vote in votes:
+        if vote.guard_ms is not None:
+            break
+    else:
+        return votes  # the usual case: every master's guard is the one declared
+    longest = max(v.guard_ms or 0 for v in votes)
+    guards.ms = max(guards.ms, longest)
+    why = f"its restart guard is shorter than another master's ({longest} ms)"
+    return [
+        v._replace(outcome=Outcome.ABSTAIN, error=why)
+        if v.outcome is Outcome.YES and (v.guard_ms or declared) < longest
+        else v
+        for v in votes
+    ]
 
 
 def _undo(key: str, token: str, votes: Sequence[Vote]) -> Algorithm:

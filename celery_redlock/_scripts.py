@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple
 
 from celery_redlock._resp import pack
+from celery_redlock._server import INFO_SECTIONS, ServerFacts, parse_info
 
 
 class Outcome(Enum):
@@ -29,13 +31,15 @@ class Outcome(Enum):
 
 class Reply(NamedTuple):
     """A parsed reply: the outcome, for refusals the holder's remaining time (ms), for a
-    peek the holder's owner text (never the token's secret part), and for a release that
-    deleted the key but could not wake the next waiter, why (the master's error)."""
+    peek the holder's owner text (never the token's secret part), for a release that
+    deleted the key but could not wake the next waiter, why (the master's error), and for
+    an acquire the master's restart guard (ms) where it is longer than the one declared."""
 
     outcome: Outcome
     pttl_ms: int | None = None
     owner: str | None = None
     note: str | None = None
+    guard_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,40 +86,61 @@ def parse_marker(raw: bytes | str | None) -> Marker | None:
 
 
 # KEYS[1] lock key; KEYS[2] boot marker; ARGV[1] token; ARGV[2] ttl in ms;
-# ARGV[3] restart guard in ms (0: off).
+# ARGV[3] restart guard in ms the client declares (0: off, the marker is not consulted).
 # Returns {1, 0} when the key is now ours (newly set, or already ours and re-armed: an
 # earlier attempt with the same token whose reply was lost); {0, pttl} with the current
 # holder's remaining milliseconds, so that waiters can sleep until it expires; or {2, ms}
-# while the master abstains. A master without a boot marker has lost its data (restart
-# without persistence, FLUSHALL, a fresh replacement): it may have held keys that other
-# clients still count on, so it grants nothing until the guard (at least the longest TTL
-# any client uses) has passed since it noticed. Each client applies its own guard to the
-# shared boot time, so clients with different guards stay safe together.
+# while the master abstains. A third element, when present, is the master's guard where
+# it is longer than the one declared (a Lua nil ends the reply's array, so it is absent
+# otherwise).
+#
+# A master without a boot marker has lost its data (restart without persistence,
+# FLUSHALL, a fresh replacement): it may have held keys that other clients still count
+# on, so it grants nothing until the guard has passed since it noticed. The guard is the
+# master's, not the caller's: the marker keeps the longest guard any client declared
+# (``boot_ms:guard_ms``; an old ``boot_ms`` marker reads as guard 0), and the script
+# enforces the longer of that and the declared one. A master that lost its data lost that
+# memory too, so the script alone cannot protect a long-guard client's lock from a
+# short-guard client after a majority restarted empty: the masters that kept their data
+# report their longer guard, and the algorithm (``_quorum.acquire``) then counts no grant
+# from a master that knew only a shorter one, and declares the longer one from then on.
 ACQUIRE = Script(
     "acquire",
     """
-local guard = tonumber(ARGV[3])
-if guard > 0 then
+local declared = tonumber(ARGV[3])
+local longer = nil
+if declared > 0 then
     if redis.replicate_commands then redis.replicate_commands() end
     local t = redis.call('TIME')
     local now = t[1] * 1000 + math.floor(t[2] / 1000)
-    local boot = tonumber(redis.call('GET', KEYS[2]))
+    local marker = redis.call('GET', KEYS[2])
+    local boot, stored = nil, 0
+    if marker then
+        local b, g = string.match(marker, '^(%d+):?(%d*)$')
+        boot, stored = tonumber(b), tonumber(g) or 0
+    end
     if not boot then
-        boot = now
-        redis.call('SET', KEYS[2], string.format('%.0f', now))
+        boot, stored = now, -1
+    end
+    local guard = math.max(declared, stored)
+    if stored < guard then
+        redis.call('SET', KEYS[2], string.format('%.0f:%.0f', boot, guard))
+    end
+    if guard > declared then
+        longer = guard
     end
     if now < boot + guard then
-        return {2, boot + guard - now}
+        return {2, boot + guard - now, longer}
     end
 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    return {1, 0}
+    return {1, 0, longer}
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return {1, 0}
+    return {1, 0, longer}
 end
-return {0, redis.call('PTTL', KEYS[1])}
+return {0, redis.call('PTTL', KEYS[1]), longer}
 """,
 )
 
@@ -358,8 +383,7 @@ class Call(NamedTuple):
         """Turn a master's raw reply into a :class:`Reply`."""
         verb = self.verb
         if verb is _ACQUIRE or verb is Verb.QUEUED:
-            won, pttl = reply
-            return GRANTED if won == 1 else Reply(_ACQUIRE_OUTCOMES[won], int(pttl))
+            return _acquired(reply)
         if verb is Verb.PEEK:
             if reply is None:
                 return REFUSED
@@ -371,6 +395,17 @@ class Call(NamedTuple):
         if isinstance(reply, list):  # RELEASE: {2, error}, released but nobody woken
             return Reply(Outcome.YES, note=f"not announced: {_error_text(reply[1])}")
         return GRANTED if int(reply) == 1 else REFUSED
+
+
+def _acquired(reply: Any) -> Reply:
+    """An acquire's reply: ``{won, pttl}``, with the master's guard third when it is
+    longer than the one declared."""
+    if len(reply) == 2:
+        won, pttl = reply
+        return GRANTED if won == 1 else Reply(_ACQUIRE_OUTCOMES[won], int(pttl))
+    won, pttl, guard = reply
+    held = None if won == 1 else int(pttl)
+    return Reply(_ACQUIRE_OUTCOMES[won], held, guard_ms=int(guard))
 
 
 def _error_text(raw: bytes | str) -> str:
@@ -392,6 +427,21 @@ def loads() -> list[tuple[str, str, str]]:
     would be dropped unseen). A master that flushes its scripts later is still served by
     the NOSCRIPT fallback."""
     return [("SCRIPT", "LOAD", script.source) for script in _SCRIPTS.values()]
+
+
+def identify() -> list[tuple[str, str]]:
+    """The INFO commands sent with :func:`loads` on every new connection: what the server
+    says it is (``_server.ServerFacts``) decides whether its votes count
+    (``_masters.Identities``). In the connection's first write, so no round trip of its own."""
+    return [("INFO", section) for section in INFO_SECTIONS]
+
+
+def server_facts(replies: Sequence[Any]) -> ServerFacts | str:
+    """The facts in :func:`identify`'s replies, or why there are none (an error reply)."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            return f"{type(reply).__name__}: {reply}"
+    return ServerFacts.from_info(parse_info(b"".join(bytes(r) for r in replies)))
 
 
 _ACQUIRE_OUTCOMES = {1: Outcome.YES, 0: Outcome.NO, 2: Outcome.ABSTAIN}

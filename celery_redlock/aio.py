@@ -27,9 +27,9 @@ from redis.exceptions import InvalidResponse, ResponseError
 
 from celery_redlock import _quorum
 from celery_redlock._base import HandleBase, ManagerBase, Renewal, Seconds
-from celery_redlock._masters import MasterSpec
+from celery_redlock._masters import Identities, MasterSpec
 from celery_redlock._quorum import Listen, Round, Vote
-from celery_redlock._scripts import Call, Outcome, is_noscript, loads
+from celery_redlock._scripts import Call, Outcome, identify, is_noscript, loads, server_facts
 from celery_redlock.exceptions import (
     ConfigurationError,
     LockError,
@@ -47,8 +47,9 @@ _IO_ERRORS = (
     asyncio.TimeoutError,
 )
 
-#: Sent on every new connection (see ``_scripts.loads``).
+#: Sent on every new connection (see ``_scripts.loads`` and ``_scripts.identify``).
 _LOADS = loads()
+_IDENTIFY = identify()
 
 #: Marks a connection whose socket has had our scripts sent (see ``_call``).
 _LOADED = "_celery_redlock_loaded"
@@ -89,6 +90,7 @@ class _Driver:
         self._listeners = [_async_factory(s, timeout, reads=False) for s in manager._specs]
         self._idle: list[list[Any]] = [[] for _ in manager._specs]
         self._background: set[asyncio.Task[Vote]] = set()
+        self._identities = Identities(manager.masters)
 
     async def run(self, algorithm: _quorum.Algorithm) -> Any:
         """Drive one operation to its end; the sync driver's loop, with ``await``."""
@@ -189,7 +191,7 @@ class _Driver:
         name = m._specs[i].name
         conn = self._idle[i].pop() if self._idle[i] else self._factories[i]()
         try:
-            reply = await self._call_once_more_if_stale(conn, call, deadline)
+            reply = await self._call_once_more_if_stale(i, conn, call, deadline)
         except ResponseError as exc:
             self._idle[i].append(conn)
             return Vote(name, Outcome.ERROR, error=f"{type(exc).__name__}: {exc}")
@@ -200,36 +202,41 @@ class _Driver:
             raise
         self._idle[i].append(conn)
         m._health[i].succeeded()
+        problem = self._identities.problems[i]
+        if problem is not None:
+            return Vote(name, Outcome.ERROR, error=problem)  # evicts, or is another master
         parsed = call.parse(reply)
-        return Vote(name, parsed.outcome, parsed.pttl_ms, parsed.note, parsed.owner)
+        return Vote(
+            name, parsed.outcome, parsed.pttl_ms, parsed.note, parsed.owner, parsed.guard_ms
+        )
 
-    async def _call_once_more_if_stale(self, conn: Any, call: Call, deadline: float) -> Any:
+    async def _call_once_more_if_stale(self, i: int, conn: Any, call: Call, deadline: float) -> Any:
         """A connection that answered before may have outlived its master's restart: one
         failure on it earns one retry on a new connection (every call is repeatable)."""
         proven = getattr(conn, _PROVEN, False)
         try:
-            reply = await asyncio.wait_for(self._call(conn, call), deadline - self._m.clock())
+            reply = await asyncio.wait_for(self._call(i, conn, call), deadline - self._m.clock())
         except (redis.ConnectionError, OSError):
             if not proven:
                 raise
             await conn.disconnect()
             setattr(conn, _PROVEN, False)
-            reply = await asyncio.wait_for(self._call(conn, call), deadline - self._m.clock())
+            reply = await asyncio.wait_for(self._call(i, conn, call), deadline - self._m.clock())
         setattr(conn, _PROVEN, True)
         return reply
 
-    @staticmethod
-    async def _call(conn: Any, call: Call) -> Any:
-        # A connection's first call loads our scripts ahead of it, in the same write: the
-        # call goes out even if the master answers nothing in time.
-        loads = _LOADS if not conn.is_connected or not getattr(conn, _LOADED, False) else ()
+    async def _call(self, i: int, conn: Any, call: Call) -> Any:
+        # A connection's first call loads our scripts and asks what the server is ahead of
+        # it, in the same write: the call goes out even if the master answers nothing in
+        # time, and its vote is made knowing the server (see ``_masters.Identities``).
+        fresh = not conn.is_connected or not getattr(conn, _LOADED, False)
+        opening = [*_LOADS, *_IDENTIFY] if fresh else []
         await conn.send_packed_command(
-            conn.pack_commands([*loads, call.command()]), check_health=False
+            conn.pack_commands([*opening, call.command()]), check_health=False
         )
         setattr(conn, _LOADED, True)  # for this socket: a reconnect finds is_connected False
-        for _ in loads:
-            with contextlib.suppress(ResponseError):  # an ACL without SCRIPT: EVAL still works
-                await conn.read_response()
+        if fresh:
+            await self._read_opening(i, conn)
         try:
             return await conn.read_response()
         except ResponseError as exc:
@@ -238,6 +245,15 @@ class _Driver:
         await conn.send_packed_command(conn.pack_command(*call.fallback()), check_health=False)
         return await conn.read_response()
 
+    async def _read_opening(self, i: int, conn: Any) -> None:
+        """The replies to a new connection's loads (an error, e.g. an ACL without SCRIPT,
+        changes nothing: EVAL still works) and INFO (recorded for master ``i``)."""
+        for _ in _LOADS:
+            with contextlib.suppress(ResponseError):
+                await conn.read_response()
+        replies = [await _reply_or_error(conn) for _ in _IDENTIFY]
+        self._identities.record(i, server_facts(replies))
+
     async def close(self) -> None:
         for task in list(self._background):
             with contextlib.suppress(BaseException):
@@ -245,6 +261,14 @@ class _Driver:
         for idle in self._idle:
             while idle:
                 await idle.pop().disconnect()
+
+
+async def _reply_or_error(conn: Any) -> Any:
+    """The next reply on ``conn``; an error reply is returned, not raised."""
+    try:
+        return await conn.read_response()
+    except ResponseError as exc:
+        return exc
 
 
 class _Listener:

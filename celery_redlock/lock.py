@@ -42,10 +42,18 @@ from redis.exceptions import InvalidResponse, RedisError
 
 from celery_redlock import _quorum, _resp
 from celery_redlock._base import HandleBase, ManagerBase, Seconds
-from celery_redlock._masters import MasterSpec
+from celery_redlock._masters import Identities, MasterSpec
 from celery_redlock._quorum import Listen, Round, Vote
 from celery_redlock._resp import INCOMPLETE
-from celery_redlock._scripts import GRANTED, Call, Outcome, is_noscript, loads
+from celery_redlock._scripts import (
+    GRANTED,
+    Call,
+    Outcome,
+    identify,
+    is_noscript,
+    loads,
+    server_facts,
+)
 from celery_redlock.exceptions import ConfigurationError, LockError, LockLost, LockNotAcquired
 
 __all__ = ["Lock", "Redlock"]
@@ -56,9 +64,11 @@ _IO_ERRORS = (redis.ConnectionError, redis.TimeoutError, InvalidResponse, OSErro
 #: A non-blocking socket's "not now" (a TLS socket may want to read in order to write).
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
-#: Sent on every new connection, ahead of the first call (see ``_scripts.loads``).
+#: Sent on every new connection, ahead of the first call (see ``_scripts.loads`` and
+#: ``_scripts.identify``): our scripts, then what the server says it is.
 _LOADS = loads()
-_PACKED_LOADS = b"".join(map(_resp.pack, _LOADS))
+_IDENTIFY = identify()
+_PACKED_OPENING = b"".join(map(_resp.pack, [*_LOADS, *_IDENTIFY]))
 
 #: Bytes asked of the socket per read: every reply the driver expects fits many times.
 _CHUNK = 65536
@@ -87,15 +97,17 @@ class _Link:
     ``owed`` holds one entry per reply still due for a command whose round settled
     without it: the call, for a release (sent again with its script's source if the late
     reply is NOSCRIPT: a master that lost its scripts would otherwise drop it unseen),
-    else None. ``owed_since`` is when the oldest of them was sent: a master that
-    owes a reply for longer than the per-master timeout is hung, even if every round
-    settled without it.
+    the connection's :class:`_Opening` for its INFO replies, else None. ``owed_since`` is
+    when the oldest of them was sent: a master that owes a reply for longer than the
+    per-master timeout is hung, even if every round settled without it.
     """
 
     __slots__ = (
         "__weakref__",
         "clock",
         "conn",
+        "identities",
+        "index",
         "owed",
         "owed_since",
         "proven",
@@ -104,19 +116,30 @@ class _Link:
         "timeout",
     )
 
-    def __init__(self, spec: MasterSpec, timeout: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        spec: MasterSpec,
+        timeout: float,
+        clock: Callable[[], float],
+        identities: Identities,
+        index: int,
+    ) -> None:
         self.conn: Any = spec.connection_class(**spec.connect_kwargs(timeout))
         self.timeout = timeout
         self.clock = clock
+        self.identities = identities
+        self.index = index
         self.sock: socket.socket | None = None
         self.reader = _resp.new_reader()
-        self.owed: collections.deque[Call | None] = collections.deque()
+        self.owed: collections.deque[Call | _Opening | None] = collections.deque()
         self.owed_since = 0.0
         self.proven = False  # answered before: a failure may just mean the master restarted
 
     def _open(self) -> socket.socket:
-        """Connect; the caller sends ``_LOADS`` first, whose replies are owed (and drained
-        like any other: an error reply to one, e.g. an ACL without SCRIPT, changes nothing)."""
+        """Connect; the caller sends ``_PACKED_OPENING`` first, whose replies are owed and
+        drained like any other (an error reply to a load, e.g. an ACL without SCRIPT,
+        changes nothing); the INFO replies are read before the first call's reply, so
+        the first vote already knows what the server is."""
         self.conn.connect()
         sock: socket.socket = self.conn._sock
         sock.setblocking(False)
@@ -124,6 +147,7 @@ class _Link:
         self.reader = _resp.new_reader()
         self.owed_since = self.clock()
         self.owed.extend([None] * len(_LOADS))
+        self.owed.extend([_Opening(self.identities, self.index)] * len(_IDENTIFY))
         return sock
 
     def send(self, data: bytes) -> int:
@@ -152,7 +176,7 @@ class _Link:
         sock = self.sock
         if sock is None:
             sock = self._open()
-            data = _PACKED_LOADS + data  # one write: the call goes out even if no reply comes
+            data = _PACKED_OPENING + data  # one write: the call goes out even if no reply comes
         elif not sent:
             try:
                 sent = sock.send(data)
@@ -223,7 +247,9 @@ class _Link:
         """An owed reply arrived: a NOSCRIPT to a call kept for it sends the call again
         with its script's source (owed in turn)."""
         again = self.owed.popleft()
-        if again is not None and isinstance(reply, RedisError) and is_noscript(reply):
+        if isinstance(again, _Opening):
+            again.add(reply)
+        elif again is not None and isinstance(reply, RedisError) and is_noscript(reply):
             self.send(_resp.pack(again.fallback()))
             self.owe(self.clock())
 
@@ -246,6 +272,22 @@ class _Link:
         self.proven = False
 
 
+class _Opening:
+    """A new connection's INFO replies, collected as they are drained, then recorded."""
+
+    __slots__ = ("identities", "index", "replies")
+
+    def __init__(self, identities: Identities, index: int) -> None:
+        self.identities = identities
+        self.index = index
+        self.replies: list[Any] = []
+
+    def add(self, reply: Any) -> None:
+        self.replies.append(reply)
+        if len(self.replies) == len(_IDENTIFY):
+            self.identities.record(self.index, server_facts(self.replies))
+
+
 class _Driver:
     """Runs the shared algorithm's effects with blocking sockets.
 
@@ -259,6 +301,8 @@ class _Driver:
     def __init__(self, manager: Redlock) -> None:
         self._m = manager
         self._granted = [Vote(spec.name, Outcome.YES) for spec in manager._specs]
+        self._identities = Identities(manager.masters)
+        self._problems = self._identities.problems
         self._free: list[tuple[int, list[_Link]]] = []  # (fork generation, links) not in use
         self._all: weakref.WeakSet[_Link] = weakref.WeakSet()
 
@@ -297,7 +341,10 @@ class _Driver:
             if generation == _generation:  # else the parent's, before a fork: dropped
                 return links
         timeout = self._m.settings.master_timeout
-        links = [_Link(spec, timeout, self._m.clock) for spec in self._m._specs]
+        links = [
+            _Link(spec, timeout, self._m.clock, self._identities, i)
+            for i, spec in enumerate(self._m._specs)
+        ]
         self._all.update(links)
         return links
 
@@ -443,14 +490,17 @@ class _Driver:
         health = self._m._health[i]
         if health.failures:
             health.succeeded()
+        problem = self._problems[i]
+        if problem is not None:
+            return Vote(name, Outcome.ERROR, error=problem)  # evicts, or is another master
         try:
             parsed = call.parse(reply)
         except (TypeError, ValueError, KeyError) as exc:
             return Vote(name, Outcome.ERROR, error=f"unexpected reply {reply!r}: {exc}")
         if parsed is GRANTED:
             return self._granted[i]  # the usual answer, made once per master
-        outcome, pttl_ms, owner, note = parsed
-        return Vote(name, outcome, pttl_ms, note, owner)
+        outcome, pttl_ms, owner, note, guard_ms = parsed
+        return Vote(name, outcome, pttl_ms, note, owner, guard_ms)
 
     def _resend(self, i: int, link: _Link, packed: bytes) -> Vote | None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +36,44 @@ M3 = ["redis://127.0.0.1:1/0", "redis://127.0.0.1:2/0", "redis://127.0.0.1:3/0"]
 def test_bad_masters_are_refused_with_their_cause(masters: Any, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         Redlock(masters)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("redis://127.0.0.1:7/0", "redis://127.1:7/0"),  # short IPv4 form
+        ("redis://127.0.0.1:7/0", "redis://0x7f.0.0.1:7/0"),
+        ("redis://127.0.0.1:7/0", "redis://0.0.0.0:7/0"),  # reaches a local server
+        ("redis://127.0.0.1:7/0", "redis://[::1]:7/0"),
+        ("redis://127.0.0.1:7/0", "redis://[::ffff:127.0.0.1]:7/0"),  # IPv4-mapped IPv6
+        ("redis://localhost:7/0", "redis://localhost.:7/0"),  # trailing dot
+        ("redis://127.0.0.1:7/0", "redis://127.0.0.2:7/0"),  # all of 127/8 is this host
+        ("redis://10.0.0.1:7/0", "redis://[::ffff:a00:1]:7/0"),
+        ("redis://db.example:7/0", "redis://DB.Example.:7/0"),
+        ("redis://[2001:db8::1]:7/0", "redis://[2001:0db8:0:0::1]:7/0"),
+        ({"host": "127.0.0.1", "port": 7}, {"host": "::1", "port": 7}),
+        ("unix:///tmp/a.sock", "unix:///tmp//a.sock"),
+        ("unix:///tmp/a.sock", "unix:///tmp/./a.sock"),
+        ("unix:///tmp/a.sock", "unix:///tmp/x/../a.sock"),
+        ({"unix_socket_path": "a.sock"}, {"unix_socket_path": "./x/../a.sock"}),
+    ],
+)
+def test_one_server_under_two_spellings_is_refused(first: Any, second: Any) -> None:
+    """Spellings of one address are compared in their canonical form, not as written: a
+    server listed twice would let it and one dead master make "2 of 3"."""
+    with pytest.raises(ConfigurationError, match="is listed twice"):
+        Redlock([first, second, "redis://10.9.9.9:7/0"])
+
+
+def test_a_relative_socket_path_is_its_absolute_path() -> None:
+    absolute = {"unix_socket_path": os.path.join(os.getcwd(), "a.sock")}
+    with pytest.raises(ConfigurationError, match="is listed twice"):
+        Redlock([{"unix_socket_path": "a.sock"}, absolute, "redis://10.9.9.9:7/0"])
+
+
+def test_distinct_hosts_and_ports_are_not_taken_for_one_server() -> None:
+    Redlock(["redis://127.0.0.1:7/0", "redis://127.0.0.1:8/0", "redis://10.0.0.1:7/0"])
+    Redlock(["redis://db1.example:7/0", "redis://db2.example:7/0", "unix:///tmp/b.sock"])
 
 
 def test_passwords_never_appear_in_errors_names_or_reprs() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -238,3 +240,59 @@ def test_the_drivers_running_count_settles_exactly_when_decided_does() -> None:
                         no,
                         errors,
                     )
+
+
+def test_a_round_with_an_abstention_is_read_to_its_end() -> None:
+    """Abstentions alone would settle it (an outage), but the masters still to answer may
+    report a longer restart guard, which the client must hear."""
+    count = Count([Vote("m0", Outcome.ABSTAIN, 100), Vote("m1", Outcome.ABSTAIN, 100)], 3)
+    assert not count.decided(1)
+    assert count.decided(0)
+    assert Count([Vote("m0", Outcome.ERROR), Vote("m1", Outcome.ERROR)], 3).decided(1)
+
+
+def test_a_grant_from_a_master_with_a_shorter_guard_than_another_reported_is_not_counted() -> None:
+    """Two grants from masters that know a 2 s guard and a refusal from one that knows
+    60 s: the grants may come from masters that restarted empty and forgot the 60 s, so
+    they count as abstentions (their keys are undone), and 60 s is declared from then on."""
+    policy = _quorum.Policy(3, retry_count=1, retry_delay=0.0)
+    ctx = _quorum.Context(lambda: 0.0, random.Random(0), lambda: "t")
+    req = AcquireRequest("res", "k:res", 2.0, restart_guard=2.0)
+    algorithm = _quorum.acquire(req, policy, ctx)
+    first = next(algorithm)
+    assert isinstance(first, _quorum.Round)
+    assert first.call.guard_ms == 2_000
+    votes = [
+        Vote("m0", Outcome.YES),
+        Vote("m1", Outcome.YES),
+        Vote("m2", Outcome.NO, 45_000, guard_ms=60_000),
+    ]
+    undo = algorithm.send(votes)
+    assert isinstance(undo, _quorum.Round)
+    assert undo.call.verb is Verb.UNDO
+    assert undo.targets == (0, 1)
+    assert ctx.guards.ms == 60_000
+    assert isinstance(algorithm.send(None), _quorum.Wait)  # an outage: retried
+    again = algorithm.send(None)
+    assert isinstance(again, _quorum.Round)
+    assert again.call.guard_ms == 60_000
+    abstaining = [Vote(f"m{i}", Outcome.ABSTAIN, 58_000, guard_ms=60_000) for i in range(2)]
+    with pytest.raises(QuorumUnavailable) as err:
+        algorithm.send([*abstaining, votes[2]])
+    assert "abstains after a restart (58000 ms of guard left)" in str(err.value)
+
+
+def test_grants_from_masters_that_all_know_the_longest_guard_count() -> None:
+    policy = _quorum.Policy(3)
+    ctx = _quorum.Context(lambda: 0.0, random.Random(0), lambda: "t")
+    algorithm = _quorum.acquire(AcquireRequest("res", "k:res", 2.0, restart_guard=2.0), policy, ctx)
+    next(algorithm)
+    votes = [
+        Vote("m0", Outcome.YES, guard_ms=60_000),
+        Vote("m1", Outcome.YES, guard_ms=60_000),
+        Vote("m2", Outcome.NO, 45_000, guard_ms=60_000),
+    ]
+    with pytest.raises(StopIteration) as won:
+        algorithm.send(votes)
+    assert isinstance(won.value.value, _quorum.Lease)
+    assert ctx.guards.ms == 60_000  # declared from now on, though every grant counted

@@ -40,7 +40,14 @@ def seeds(scenario: str) -> range:
 
 @pytest.mark.parametrize(
     "scenario",
-    ["safe", "drift-bounded", "restart-guarded", "restart-delayed", "restart-persistent"],
+    [
+        "safe",
+        "drift-bounded",
+        "restart-guarded",
+        "restart-delayed",
+        "restart-persistent",
+        "restart-mixed-guards",
+    ],
 )
 def test_no_two_holders_where_the_assumptions_hold(scenario: str) -> None:
     summary = explore(scenario, seeds(scenario), BUDGET)
@@ -119,6 +126,7 @@ def test_the_simulated_master_answers_as_a_real_one() -> None:
         Call(Verb.ACQUIRE, "k", "t3", 10_000, 0),  # guard off: granted
         Call(Verb.RELEASE, "k", "t3"),
         Call(Verb.ACQUIRE, "k", "t4", 10_000, 30_000),  # guard on: abstains
+        Call(Verb.ACQUIRE, "k", "t5", 10_000, 5_000),  # the master's 30 s, reported
         Call(Verb.ACQUIRE, "k", "t4", 10_000, 0),
     ]
     sim = SimMaster(0, Clock(1.0, time.time()))  # the epoch, as Redis's TIME
@@ -133,6 +141,7 @@ def test_the_simulated_master_answers_as_a_real_one() -> None:
             real = call.parse(client.execute_command(*wire))
             modelled = call.parse(sim.execute(call, 0.0)[0])
             assert real.outcome == modelled.outcome, call
+            assert real.guard_ms == modelled.guard_ms, call
             if real.pttl_ms is not None and modelled.pttl_ms is not None:
                 assert abs(real.pttl_ms - modelled.pttl_ms) < 5_000, call
     assert modelled.outcome is Outcome.YES

@@ -24,6 +24,7 @@ SCHEDULES = {
     "restart-guarded": 250,
     "restart-delayed": 250,
     "restart-persistent": 250,
+    "restart-mixed-guards": 250,
 }
 
 

@@ -101,6 +101,8 @@ class SimClient:
     epochs: list[int] = field(default_factory=list)
     frozen_until: float = 0.0
     stats: Stats = field(default_factory=Stats)
+    #: what the masters taught this client about their restart guard (a manager's memory)
+    guards: _quorum.Guards = field(default_factory=_quorum.Guards)
     _tokens: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _workload: Workload | None = None
     _algorithm: _quorum.Algorithm | None = None
@@ -117,7 +119,7 @@ class SimClient:
 
     @property
     def context(self) -> _quorum.Context:
-        return _quorum.Context(self.now, self.rng, self.new_token)
+        return _quorum.Context(self.now, self.rng, self.new_token, self.guards)
 
     def now(self) -> float:
         """The client's clock (what ``ctx.clock`` returns to the algorithm)."""

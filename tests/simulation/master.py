@@ -37,6 +37,8 @@ class SimMaster:
     keys: dict[str, tuple[str, int]] = field(default_factory=dict)
     #: the boot marker: 0 as an operator arms a brand-new master; None once data was lost
     boot: int | None = 0
+    #: the longest restart guard (ms) declared to it, kept in the marker with ``boot``
+    guard: int = 0
     up: bool = True
     paused: bool = False
     #: bumped by each crash: connections opened before it are dead
@@ -67,6 +69,7 @@ class SimMaster:
             self.keys.clear()
             self.lines.clear()
             self.boot = None
+            self.guard = 0
 
     def restart(self) -> None:
         self.up = True
@@ -104,17 +107,21 @@ class SimMaster:
         return (-2 if entry is None else entry[1] - now), None
 
     def _acquire(self, call: Call, now: int) -> list[int]:
-        """ACQUIRE, line by line: the guard (BOOT_KEY), SET NX PX, or re-arm our own key."""
+        """ACQUIRE, line by line: the guard (BOOT_KEY, keeping the longest declared), SET NX
+        PX, or re-arm our own key; the master's guard ends the reply where it is longer."""
+        longer: list[int] = []
         if call.guard_ms > 0:
             if self.boot is None:
                 self.boot = now
-            if now < self.boot + call.guard_ms:
-                return [2, self.boot + call.guard_ms - now]
+            self.guard = max(self.guard, call.guard_ms)
+            longer = [self.guard] if self.guard > call.guard_ms else []
+            if now < self.boot + self.guard:
+                return [2, self.boot + self.guard - now, *longer]
         entry = self.keys.get(call.key)
         if entry is None or entry[0] == call.token:
             self.keys[call.key] = (call.token, now + call.ttl_ms)
-            return [1, 0]
-        return [0, entry[1] - now]
+            return [1, 0, *longer]
+        return [0, entry[1] - now, *longer]
 
     def _queued(self, call: Call, now: int) -> list[int]:
         """QUEUED: ACQUIRE, then leave the line if granted, join it (or keep the place in

@@ -10,7 +10,8 @@ Scenarios come in families that share their draws, so a hazard and its mitigatio
 - ``restart`` (guard off, restarts immediate and empty: the known hazard) and its
   mitigations ``restart-guarded`` (the restart guard, at exactly the TTL),
   ``restart-delayed`` (guard off, every crashed master stays down longer than the TTL)
-  and ``restart-persistent`` (guard off, AOF with fsync always).
+  and ``restart-persistent`` (guard off, AOF with fsync always); ``restart-mixed-guards``
+  is ``restart-guarded`` with clients of two TTLs and two restart guards.
 
 Every TTL-like duration is in TTLs; the TTL is 1 virtual second.
 """
@@ -77,6 +78,13 @@ class Params:
     net: NetParams = field(default_factory=NetParams)
     faults: Faults = field(default_factory=Faults)
     habits: Habits = field(default_factory=Habits)
+    #: when set, every other client uses this TTL and restart guard (in TTLs) instead
+    short_guard: float = 0.0
+
+    def habits_of(self, client: int) -> Habits:
+        if self.short_guard and client % 2:
+            return replace(self.habits, ttl=self.short_guard * TTL, guard=self.short_guard * TTL)
+        return self.habits
 
 
 # --- scenario families ---------------------------------------------------------------------
@@ -177,6 +185,14 @@ def restart_persistent(rng: random.Random) -> Params:
     return replace(p, faults=replace(p.faults, persistent=1.0))
 
 
+def restart_mixed_guards(rng: random.Random) -> Params:
+    """``restart-guarded`` with every other client on a short TTL and a guard to match:
+    a short-guard client must not take a key a long-guard client holds from masters that
+    restarted empty (and forgot the longer guard). At least two clients, so both kinds run."""
+    p = restart_guarded(rng)
+    return replace(p, clients=max(p.clients, 2), short_guard=rng.choice((0.2, 0.3, 0.5)))
+
+
 #: scenario -> (family whose draws it shares, how to draw it, whether it must stay safe)
 SCENARIOS: dict[str, tuple[str, Callable[[random.Random], Params], bool]] = {
     "safe": ("safe", safe, True),
@@ -186,6 +202,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[random.Random], Params], bool]] = {
     "restart-guarded": ("restart", restart_guarded, True),
     "restart-delayed": ("restart", restart_delayed, True),
     "restart-persistent": ("restart", restart_persistent, True),
+    "restart-mixed-guards": ("restart", restart_mixed_guards, True),
 }
 
 
@@ -238,7 +255,7 @@ def run(scenario: str, seed: int, budget: Budget = CI, *, trace: bool = False) -
     horizon = budget.horizon * TTL
     faults = plan_faults(world, clients, params.faults, horizon, random.Random(rng.getrandbits(64)))
     for client in clients:
-        client.start(workload(client, policy, params.habits))
+        client.start(workload(client, policy, params.habits_of(client.id)))
     loop.run(horizon, budget.max_events)
     windows = world.history.close_all(loop.now)
     return Result(

@@ -119,7 +119,8 @@ class World:
             )
         if woken is not None:
             self._publish(master, woken)
-        self._answer(link, master.index, on_vote, Vote(master.name, reply.outcome, reply.pttl_ms))
+        vote = Vote(master.name, reply.outcome, reply.pttl_ms, guard_ms=reply.guard_ms)
+        self._answer(link, master.index, on_vote, vote)
 
     def _answer(
         self, link: tuple[int, int, int], i: int, on_vote: OnVote | None, vote: Vote
