@@ -398,10 +398,15 @@ def clobber_the_loops_selector(descriptors: dict[int, str]) -> None:
 
 
 def fail_the_loop(proxy: FaultProxy, descriptors: dict[int, str]) -> None:
-    """Clobber the selector, then connect: registering the new connection fails the loop,
-    which closes the connection as it ends (so its end says the failure has happened)."""
+    """Clobber the selector, then connect: the loop fails at its next epoll call (at the
+    latest, registering this connection) and closes its listener and connections as it
+    ends, so a refused, reset or closed connection says the failure has happened."""
     clobber_the_loops_selector(descriptors)
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=LIVENESS) as raw:
+    try:
+        raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=LIVENESS)
+    except (ConnectionRefusedError, ConnectionResetError):
+        return  # it had failed already, and closed its listener
+    with raw:
         assert hung_up(raw)
 
 
