@@ -1,13 +1,18 @@
 """The embedded servers and the fault proxy, against real redis-server processes.
 
 Every server here is our own, on a free port: nothing touches the machine's Redis on 6379.
-Timing assertions are lower bounds only (a loaded machine can always be slower).
+Timing assertions are lower bounds only (a loaded machine can always be slower), and a
+timeout is either one expected to fire (``HANG``: nothing is coming) or a bound on a hang
+that is far above any load (``LIVENESS``), so a busy machine never fails a test.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -22,6 +27,7 @@ import celery_redlock.testing
 from celery_redlock.testing import (
     BINARY_ENV,
     FaultProxy,
+    ProxyError,
     RedisGroup,
     RedisServer,
     RedisServerError,
@@ -45,11 +51,27 @@ def proxy(server: RedisServer) -> Iterator[FaultProxy]:
         yield fresh
 
 
-def via(proxy: FaultProxy, timeout: float = 1.0) -> redis.Redis:
-    """A client through the proxy that fails fast instead of retrying."""
+HANG = 0.2  # seconds we wait to see that nothing comes (a hang or a blackhole)
+LIVENESS = 10.0  # seconds after which a reply that should come is taken to be lost
+
+
+def via(proxy: FaultProxy, timeout: float = LIVENESS) -> redis.Redis:
+    """A client through the proxy that fails at once instead of retrying."""
     return redis.Redis.from_url(
         proxy.url, socket_timeout=timeout, retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0)
     )
+
+
+def nothing_comes(sock: socket.socket) -> bool:
+    """Nothing arrives on ``sock`` for ``HANG`` seconds (then it waits ``LIVENESS`` again)."""
+    sock.settimeout(HANG)
+    try:
+        sock.recv(64)
+    except TimeoutError:
+        return True
+    finally:
+        sock.settimeout(LIVENESS)
+    return False
 
 
 def ping_time(client: redis.Redis) -> float:
@@ -63,7 +85,7 @@ def ping_time(client: redis.Redis) -> float:
 
 def test_public_names_are_pinned() -> None:
     assert set(celery_redlock.testing.__all__) == {
-        "BINARY_ENV", "FaultProxy", "RedisGroup", "RedisServer", "RedisServerError",
+        "BINARY_ENV", "FaultProxy", "ProxyError", "RedisGroup", "RedisServer", "RedisServerError",
         "free_port", "redis_server_binary", "start_masters",
     }  # fmt: skip
 
@@ -190,12 +212,12 @@ def test_pause_hangs_the_server_and_resume_recovers() -> None:
         server.pause()
         assert server.paused
         assert server.running
-        with server.client(socket_timeout=0.2) as client:
-            with pytest.raises(redis.TimeoutError):
-                client.ping()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=LIVENESS) as raw:
+            raw.sendall(b"PING\r\n")
+            assert nothing_comes(raw)
             server.resume()
             assert not server.paused
-            assert client.ping()
+            assert raw.recv(64) == b"+PONG\r\n"  # what queued up meanwhile is answered
 
 
 def test_a_paused_server_still_stops_promptly() -> None:
@@ -263,7 +285,7 @@ def test_the_proxy_forwards_many_connections(proxy: FaultProxy) -> None:
 def test_the_proxy_preserves_large_payloads_and_order_under_delay(proxy: FaultProxy) -> None:
     proxy.delay = 0.002
     value = os.urandom(3 * 1024 * 1024)
-    with via(proxy, timeout=5.0) as client:
+    with via(proxy) as client:
         pipe = client.pipeline(transaction=False)
         for i in range(50):
             pipe.rpush("proxy:order", i)
@@ -285,22 +307,25 @@ def test_delay_adds_latency_each_way(proxy: FaultProxy) -> None:
 
 
 def test_blackhole_hangs_connections_and_heal_restores_them(proxy: FaultProxy) -> None:
-    with via(proxy, timeout=0.2) as client:
-        assert client.ping()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=LIVENESS) as held:
+        held.sendall(b"PING\r\n")
+        assert held.recv(64) == b"+PONG\r\n"
         proxy.blackhole()
         assert proxy.blackholed
-        with pytest.raises(redis.TimeoutError):
-            client.ping()
-        with via(proxy, timeout=0.2) as newcomer, pytest.raises(redis.TimeoutError):
-            newcomer.ping()  # still accepted, never answered
-        proxy.heal()
-        assert not proxy.blackholed
-        assert client.ping()
+        held.sendall(b"PING\r\n")
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=LIVENESS) as newcomer:
+            newcomer.sendall(b"PING\r\n")  # still accepted, never answered
+            assert nothing_comes(held)
+            assert nothing_comes(newcomer)
+            proxy.heal()
+            assert not proxy.blackholed
+            assert held.recv(64) == b"+PONG\r\n"  # the held bytes flow again
+            assert newcomer.recv(64) == b"+PONG\r\n"
 
 
 def test_drop_connections_resets_existing_ones_only(proxy: FaultProxy) -> None:
     # A raw socket: redis-py would quietly reconnect an idle connection that was reset.
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=1.0) as raw:
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=LIVENESS) as raw:
         raw.sendall(b"PING\r\n")
         assert raw.recv(64) == b"+PONG\r\n"
         assert proxy.connections == 1
@@ -339,3 +364,159 @@ def test_the_proxy_survives_a_target_restart() -> None:
         assert client.ping()
         server.restart()
         assert client.ping()  # on a new connection: the old one died with the process
+
+
+# -- the proxy's own failures: recorded, raised to the next caller, never silent --
+
+
+def open_descriptors() -> dict[int, str]:
+    """This process's file descriptors and what each refers to (``socket:[inode]``...)."""
+    found = {}
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the one listdir itself used is gone already
+            found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+    return found
+
+
+def started_with_its_descriptors(proxy: FaultProxy) -> dict[int, str]:
+    """Start ``proxy``; the descriptors that start opened (its listener, waker, epoll)."""
+    before = open_descriptors()
+    proxy.start()
+    return {fd: what for fd, what in open_descriptors().items() if before.get(fd) != what}
+
+
+def clobber_the_loops_selector(descriptors: dict[int, str]) -> None:
+    """Put /dev/null where the loop's epoll descriptor was, as a neighbour's stray close
+    and reuse of the number would: the loop's next epoll call fails with EINVAL. (dup2,
+    not close: the loop still closes that number itself, and nothing else then owns it.)"""
+    [epoll] = [fd for fd, what in descriptors.items() if what == "anon_inode:[eventpoll]"]
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(null, epoll)
+    finally:
+        os.close(null)
+
+
+def fail_the_loop(proxy: FaultProxy, descriptors: dict[int, str]) -> None:
+    """Clobber the selector, then connect: the loop fails at its next epoll call (at the
+    latest, registering this connection) and closes its listener and connections as it
+    ends, so a refused, reset or closed connection says the failure has happened."""
+    clobber_the_loops_selector(descriptors)
+    try:
+        raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=LIVENESS)
+    except (ConnectionRefusedError, ConnectionResetError):
+        return  # it had failed already, and closed its listener
+    with raw:
+        assert hung_up(raw)
+
+
+def hung_up(sock: socket.socket) -> bool:
+    """The peer closed: EOF, or a reset (a connection still in the listener's backlog)."""
+    try:
+        return sock.recv(64) == b""
+    except ConnectionResetError:
+        return True
+
+
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+
+
+@needs_proc
+def test_a_loop_failure_is_raised_to_the_next_call_and_to_stop(server: RedisServer) -> None:
+    proxy = FaultProxy(("127.0.0.1", server.port))
+    descriptors = started_with_its_descriptors(proxy)
+    fail_the_loop(proxy, descriptors)
+    for call in (proxy.blackhole, proxy.heal, proxy.drop_connections, lambda: proxy.connections):
+        with pytest.raises(ProxyError, match="loop failed with OSError") as err:
+            call()
+        assert isinstance(err.value.__cause__, OSError)
+        assert err.value.__cause__.errno == errno.EINVAL
+    with pytest.raises(ProxyError, match="loop failed"):
+        proxy.delay = 0.01
+    for _ in range(2):  # after the loop ended, and again: the same error, nothing worse
+        with pytest.raises(ProxyError, match="loop failed with OSError"):
+            proxy.stop()
+    still_open = {
+        fd: what for fd, what in open_descriptors().items() if descriptors.get(fd) == what
+    }
+    assert still_open == {}  # the listener, the waker and the selector are all closed
+
+
+@needs_proc
+def test_a_call_that_meets_the_failure_raises_it_and_the_loop_ends(server: RedisServer) -> None:
+    proxy = FaultProxy(("127.0.0.1", server.port))
+    descriptors = started_with_its_descriptors(proxy)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=LIVENESS) as raw:
+        raw.sendall(b"PING\r\n")
+        assert raw.recv(64) == b"+PONG\r\n"
+        proxy.blackhole()  # the connection's sockets leave the selector
+        clobber_the_loops_selector(descriptors)
+        with pytest.raises(ProxyError, match="loop failed with OSError") as err:
+            proxy.heal()  # ... and fail to come back: heal's effect cannot hold
+        assert isinstance(err.value.__cause__, OSError)
+        assert hung_up(raw)  # the loop ended, closing what it carried
+    with pytest.raises(ProxyError):
+        proxy.stop()
+
+
+def stop_from(threads: int, proxy: FaultProxy, go: threading.Barrier) -> list[object]:
+    """What ``proxy.stop()`` returned or raised in each of ``threads`` threads."""
+    outcomes: list[object] = []
+
+    def stop() -> None:
+        go.wait()
+        try:
+            proxy.stop()
+        except BaseException as exc:  # judged by the caller
+            outcomes.append(exc)
+        else:
+            outcomes.append(None)
+
+    stoppers = [threading.Thread(target=stop) for _ in range(threads)]
+    for thread in stoppers:
+        thread.start()
+    go.wait()
+    with contextlib.suppress(OSError):  # the proxy may have stopped listening already
+        socket.create_connection(("127.0.0.1", proxy.port), timeout=LIVENESS).close()
+    for thread in stoppers:
+        thread.join()
+    return outcomes
+
+
+@needs_proc
+def test_concurrent_stops_during_a_loop_failure_end_it_cleanly(server: RedisServer) -> None:
+    """Four threads stop the proxy as its loop fails: each returns or raises ProxyError
+    (whichever came first), none sees EBADF from a waker the loop closed, none hangs."""
+    for _ in range(10):  # interleavings vary from round to round
+        proxy = FaultProxy(("127.0.0.1", server.port))
+        clobber_the_loops_selector(started_with_its_descriptors(proxy))
+        outcomes = stop_from(4, proxy, threading.Barrier(5))
+        assert len(outcomes) == 4
+        assert all(o is None or isinstance(o, ProxyError) for o in outcomes), outcomes
+        with contextlib.suppress(ProxyError):
+            proxy.stop()
+        assert proxy.port  # and a stopped proxy may be started again
+        proxy.start().stop()
+
+
+def test_a_target_resetting_mid_reply_is_passed_on_not_a_proxy_failure() -> None:
+    """A per-connection fault is the client's to see; the loop carries on."""
+    with socket.create_server(("127.0.0.1", 0)) as target:
+        port = target.getsockname()[1]
+
+        def half_a_reply_then_reset() -> None:
+            conn, _ = target.accept()
+            conn.recv(64)
+            conn.sendall(b"$10\r\nhalf")
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+        serving = threading.Thread(target=half_a_reply_then_reset)
+        serving.start()
+        with FaultProxy(("127.0.0.1", port)) as proxy, via(proxy) as client:
+            with pytest.raises(redis.ConnectionError):
+                client.get("k")
+            serving.join()
+            assert proxy.connections == 0
+            proxy.blackhole()  # the loop still runs calls
+            proxy.heal()

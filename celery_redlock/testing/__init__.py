@@ -2,10 +2,10 @@
 
 Nothing here imports Celery. ``RedisServer`` runs a real, private ``redis-server`` process;
 ``RedisGroup`` runs N of them as independent masters; ``FaultProxy`` sits between a client
-and a server and adds latency, hangs or resets on demand.
+and a server and adds latency, hangs or resets on demand (``ProxyError`` if its loop fails).
 """
 
-from celery_redlock.testing.proxy import FaultProxy
+from celery_redlock.testing.proxy import FaultProxy, ProxyError
 from celery_redlock.testing.servers import (
     BINARY_ENV,
     RedisGroup,
@@ -19,6 +19,7 @@ from celery_redlock.testing.servers import (
 __all__ = [
     "BINARY_ENV",
     "FaultProxy",
+    "ProxyError",
     "RedisGroup",
     "RedisServer",
     "RedisServerError",

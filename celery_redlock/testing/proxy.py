@@ -18,6 +18,10 @@ epoll itself rounds every wait up to a whole millisecond (an error as large as t
 delays the benchmarks add), and they fire early by the wake-up lateness the loop has
 learned (~0.1 ms in a VM, capped at 0.3 ms), so the *mean* delay is the one asked for. A
 single chunk may leave up to that much before its due time.
+
+The loop never dies silently: an error inside it ends it (every connection is closed) and
+is kept, and every later call (a fault, ``connections``, :meth:`FaultProxy.stop`) raises
+:class:`ProxyError` from it, so a broken harness is never mistaken for a broken lock.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ _LATENESS_CAP = 0.0003  # seconds; see FaultProxy._learn_lateness
 _FD_SETSIZE = 1024  # select() takes no fd above this
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _RST_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
+
+
+class ProxyError(RuntimeError):
+    """The proxy's loop failed (its cause is ``__cause__``), or did not stop when asked."""
 
 
 class _Pipe:
@@ -98,6 +106,7 @@ class FaultProxy:
         self._calls_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._failure: BaseException | None = None  # what ended the loop, if anything did
         self._port = 0
         self._lateness = 0.0  # learned: see _learn_lateness
 
@@ -123,6 +132,7 @@ class FaultProxy:
 
     @delay.setter
     def delay(self, seconds: float) -> None:
+        self._raise_failure()
         self._delay = _checked_delay(seconds)
 
     @property
@@ -132,6 +142,7 @@ class FaultProxy:
     @property
     def connections(self) -> int:
         """How many client connections are open through the proxy."""
+        self._raise_failure()
         return len(self._conns)
 
     def blackhole(self) -> None:
@@ -140,6 +151,7 @@ class FaultProxy:
 
     def heal(self) -> None:
         """End every fault: no blackhole, no delay; held bytes flow again."""
+        self._raise_failure()
         self._delay = 0.0
         self._call(self._heal)
 
@@ -163,20 +175,34 @@ class FaultProxy:
         self._selector.register(self._wake_pipe, _READ, self._on_wake)
         self._fine_fd = _fine_wait_fd(self._selector)
         self._stopping = False
+        self._failure = None
         self._thread = threading.Thread(target=self._run, name=repr(self), daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        """Close the listener and every connection; idempotent."""
-        thread = self._thread
+        """Close the listener and every connection, and wait for the loop to end.
+
+        Safe from any thread, any number of times, also after (or while) the loop failed;
+        raises :class:`ProxyError` if it failed, at each call, so the failure is not lost.
+        """
+        self._stop()
+        self._raise_failure()
+
+    def _stop(self) -> None:
+        with self._calls_lock:
+            thread = self._thread
+            self._stopping = True
+            if thread is not None:
+                self._wake()
         if thread is None:
             return
-        with self._calls_lock:
-            self._stopping = True
-        self._wake()
         thread.join(_CALL_TIMEOUT)
-        self._thread = None
+        if thread.is_alive():
+            raise ProxyError(f"{self!r}: the loop did not end within {_CALL_TIMEOUT} s")
+        with self._calls_lock:
+            if self._thread is thread:
+                self._thread = None
 
     def __enter__(self) -> FaultProxy:
         return self.start()
@@ -187,7 +213,9 @@ class FaultProxy:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        self._stop()
+        if not (isinstance(exc, ProxyError) and exc.__cause__ is self._failure):
+            self._raise_failure()  # unless the body is already failing with it
 
     # -- talking to the loop thread --
 
@@ -195,20 +223,40 @@ class FaultProxy:
         """Run ``action`` on the loop thread and wait, so its effect holds when we return."""
         future: Future[None] = Future()
         with self._calls_lock:
+            self._raise_failure()
             thread, running = self._thread, self._thread is not None and not self._stopping
             if running:
                 self._calls.append((action, future))
+                self._wake()
         if not running:
             if thread is not None:
                 thread.join(_CALL_TIMEOUT)  # a loop that is shutting down touches no more state
+            self._raise_failure()
             action()
             return
-        self._wake()
         future.result(_CALL_TIMEOUT)
 
     def _wake(self) -> None:
+        """Nudge the loop. Callers hold ``_calls_lock``, under which the loop closes the
+        waker as it ends: a closed waker means there is no loop left to wake."""
+        if self._waker.fileno() == -1:
+            return
         with contextlib.suppress(BlockingIOError):  # full means a wake-up is already pending
             self._waker.send(b"\0")
+
+    def _raise_failure(self) -> None:
+        error = self._error()
+        if error is not None:
+            raise error
+
+    def _error(self) -> ProxyError | None:
+        """A fresh error for one caller, raised from what ended the loop (None: nothing did)."""
+        failure = self._failure
+        if failure is None:
+            return None
+        error = ProxyError(f"{self!r} stopped forwarding: its loop failed with {failure!r}")
+        error.__cause__ = failure  # as `raise error from failure` would, also via a Future
+        return error
 
     def _on_wake(self, sock: socket.socket, _events: int) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -217,14 +265,13 @@ class FaultProxy:
         self._run_calls()
 
     def _run_calls(self) -> None:
+        """Each queued call, in order. One that raises stays queued: its error is the
+        loop's (its state may be half updated), and that call fails with it as the rest do."""
         while self._calls:
-            action, future = self._calls.popleft()
-            try:
-                action()
-            except BaseException as exc:  # handed to the caller, who re-raises it
-                future.set_exception(exc)
-            else:
-                future.set_result(None)
+            action, future = self._calls[0]
+            action()
+            self._calls.popleft()
+            future.set_result(None)
 
     # -- the loop --
 
@@ -234,6 +281,11 @@ class FaultProxy:
                 for key, events in self._wait(self._next_timeout()):
                     key.data(key.fileobj, events)
                 self._release_due()
+            self._run_calls()  # queued before stop() was asked: each still takes effect
+        except BaseException as exc:  # kept, and raised to every later caller: never silent
+            with self._calls_lock:
+                self._failure = exc
+                self._stopping = True
         finally:
             self._shut_down()
 
@@ -275,15 +327,27 @@ class FaultProxy:
                 self._update(conn)
 
     def _shut_down(self) -> None:
+        """Fail the calls still queued (there are some only after a failure: none is queued
+        once we are stopping), then close every socket this proxy opened. Nothing is
+        unregistered one by one (closing the selector drops all), and the waker is closed
+        under ``_calls_lock``, so no caller can be sending on it."""
+        while self._calls:
+            _, future = self._calls.popleft()
+            future.set_exception(self._error())
         with self._calls_lock:
-            self._stopping = True
-        self._run_calls()
-        for conn in list(self._conns):
-            self._discard(conn, reset=False)
-        self._selector.close()
-        for sock in (self._listener, self._waker, self._wake_pipe):
-            sock.close()
+            self._close_everything()
+
+    def _close_everything(self) -> None:
+        sockets = [sock for conn in self._conns for sock in (conn.client, conn.upstream)]
+        for conn in self._conns:
+            conn.closed = True
+        self._conns.clear()
         self._timers.clear()
+        with contextlib.suppress(OSError):
+            self._selector.close()
+        for sock in (*sockets, self._listener, self._wake_pipe, self._waker):
+            with contextlib.suppress(OSError):
+                sock.close()
 
     # -- connections --
 
