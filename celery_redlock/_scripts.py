@@ -69,7 +69,7 @@ class Marker(NamedTuple):
 
 
 def parse_marker(raw: bytes | str | None) -> Marker | None:
-    """The boot marker as stored (``boot_ms``, or ``boot_ms:guard_ms``); None when absent.
+    """The boot marker as stored (``boot_ms``, or ``boot_ms.guard_ms``); None when absent.
 
     The one reader of the marker's format outside the acquire script, for the operator
     views and the test servers. An unreadable value reads as absent: such a master
@@ -78,7 +78,7 @@ def parse_marker(raw: bytes | str | None) -> Marker | None:
     if raw is None:
         return None
     text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-    boot, _sep, guard = text.partition(":")
+    boot, _sep, guard = text.partition(".")
     try:
         return Marker(int(boot), int(guard) if guard else 0)
     except ValueError:
@@ -98,12 +98,15 @@ def parse_marker(raw: bytes | str | None) -> Marker | None:
 # FLUSHALL, a fresh replacement): it may have held keys that other clients still count
 # on, so it grants nothing until the guard has passed since it noticed. The guard is the
 # master's, not the caller's: the marker keeps the longest guard any client declared
-# (``boot_ms:guard_ms``; an old ``boot_ms`` marker reads as guard 0), and the script
+# (``boot_ms.guard_ms``; an old ``boot_ms`` marker reads as guard 0), and the script
 # enforces the longer of that and the declared one. A master that lost its data lost that
 # memory too, so the script alone cannot protect a long-guard client's lock from a
 # short-guard client after a majority restarted empty: the masters that kept their data
 # report their longer guard, and the algorithm (``_quorum.acquire``) then counts no grant
 # from a master that knew only a shorter one, and declares the longer one from then on.
+# The guard follows a decimal point so that clients of 0.1, which read the marker with
+# ``tonumber``, see a boot time less than a millisecond off instead of a missing marker
+# (which they would reset, making the master abstain again during a rolling upgrade).
 ACQUIRE = Script(
     "acquire",
     """
@@ -116,7 +119,7 @@ if declared > 0 then
     local marker = redis.call('GET', KEYS[2])
     local boot, stored = nil, 0
     if marker then
-        local b, g = string.match(marker, '^(%d+):?(%d*)$')
+        local b, g = string.match(marker, '^(%d+)%.?(%d*)$')
         boot, stored = tonumber(b), tonumber(g) or 0
     end
     if not boot then
@@ -124,7 +127,7 @@ if declared > 0 then
     end
     local guard = math.max(declared, stored)
     if stored < guard then
-        redis.call('SET', KEYS[2], string.format('%.0f:%.0f', boot, guard))
+        redis.call('SET', KEYS[2], string.format('%.0f.%.0f', boot, guard))
     end
     if guard > declared then
         longer = guard

@@ -223,3 +223,35 @@ def test_a_guard_off_client_does_not_touch_the_marker(fresh3: RedisGroup) -> Non
     with Redlock(fresh3.urls, restart_guard=0) as dlm:
         assert dlm.acquire("job", 5) is not None
     assert _marker(fresh3[0]) == (0, 0)  # armed, and nobody declared a guard
+
+
+#: The guard check of celery_redlock 0.1's acquire script, as released: it reads the
+#: marker with ``tonumber`` and resets a marker it cannot read.
+_ACQUIRE_0_1_GUARD = """
+local guard = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local boot = tonumber(redis.call('GET', KEYS[2]))
+if not boot then
+    boot = now
+    redis.call('SET', KEYS[2], string.format('%.0f', now))
+end
+if now < boot + guard then
+    return {2, boot + guard - now}
+end
+return {1, 0}
+"""
+
+
+def test_a_0_1_client_reads_a_marker_with_a_guard_as_its_boot_time(fresh3: RedisGroup) -> None:
+    """A rolling upgrade: the marker a new client wrote (boot time and declared guard) is
+    still a boot time to a client of 0.1, which neither resets it nor abstains."""
+    with Redlock([fresh3[0].url], restart_guard=60) as new:
+        assert new.acquire("job", 5) is not None  # armed at 0: the marker gains the guard
+    written = _marker(fresh3[0])
+    assert written == (0, 60_000)
+    with fresh3[0].client() as client:
+        raw = client.get(BOOT_KEY)
+        reply = client.eval(_ACQUIRE_0_1_GUARD, 2, "redlock:job2", BOOT_KEY, "t", 5000, 60_000)
+        assert reply == [1, 0]  # boot 0 (plus under a millisecond) is long past the guard
+        assert client.get(BOOT_KEY) == raw  # not reset
