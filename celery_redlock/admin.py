@@ -59,6 +59,7 @@ class MasterStatus:
     appendonly: bool | None = None
     appendfsync: str | None = None
     boot_ms: int | None = None
+    stored_guard: float | None = None  # the longest restart guard declared to it (s)
     guard_left: float | None = None  # seconds this master still abstains (restart guard)
     run_id: str | None = None
     mode: str | None = None
@@ -130,10 +131,12 @@ def _status(spec: MasterSpec, client: redis.Redis, manager: ManagerBase) -> Mast
     offset = master_ms - (sent + received) * 500  # against the midpoint of our round trip
     marker = parse_marker(boot)
     boot_ms = None if marker is None else marker.boot_ms
+    stored_guard = None if marker is None else marker.guard_ms / 1000
     guard = manager.settings.restart_guard
     guard_left = None
-    if guard and boot_ms is not None:
-        guard_left = max(0.0, (boot_ms + guard * 1000 - master_ms) / 1000)
+    if guard and marker is not None:  # the master enforces the longer of ours and its own
+        longest = max(guard * 1000, marker.guard_ms)
+        guard_left = max(0.0, (marker.boot_ms + longest - master_ms) / 1000)
     facts = ServerFacts.from_info(info)
     status = MasterStatus(
         spec.name,
@@ -145,6 +148,7 @@ def _status(spec: MasterSpec, client: redis.Redis, manager: ManagerBase) -> Mast
         appendonly=config.get("appendonly") == "yes",
         appendfsync=config.get("appendfsync"),
         boot_ms=boot_ms,
+        stored_guard=stored_guard,
         guard_left=guard_left,
         run_id=facts.run_id,
         mode=facts.mode,
@@ -194,6 +198,12 @@ def _warnings(status: MasterStatus, guard: float) -> tuple[str, ...]:
         notes.append(
             "no AOF with fsync always and restart_guard off: a restart can grant a"
             " held lock twice unless restarts are delayed by the longest TTL"
+        )
+    if status.stored_guard is not None and status.stored_guard > guard:
+        notes.append(
+            f"a client declared a restart guard of {status.stored_guard:g} s, longer than"
+            f" ours ({guard:g} s): the master applies the longer one; give every client"
+            " the same restart_guard"
         )
     return tuple(notes)
 

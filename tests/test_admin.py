@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 from celery_redlock import QuorumUnavailable, Redlock
+from celery_redlock._scripts import BOOT_KEY
 from celery_redlock.admin import arm, force_release, list_locks, master_status
 from celery_redlock.testing import RedisGroup, RedisServer
 
@@ -78,3 +79,18 @@ def test_arm_marks_only_masters_without_a_marker() -> None:
         assert arm(dlm) == []
         lock = dlm.acquire("x", 10)  # no guard to sit out: both masters vote
         assert lock is not None
+
+
+def test_status_reports_a_longer_guard_declared_by_another_client(fresh3: RedisGroup) -> None:
+    """The master enforces the longest guard any client declared: status counts the
+    guard left from it, not from ours, and says that the clients disagree."""
+    with fresh3[0].client() as client:
+        seconds, _micros = client.time()
+        client.set(BOOT_KEY, f"{seconds * 1000 - 10_000}.30000")  # 10 s ago; guard 30 s
+    with Redlock(fresh3.urls, restart_guard=5) as dlm:
+        (first, *_rest) = master_status(dlm)
+    assert first.stored_guard == 30
+    assert first.guard_left is not None
+    assert 15 < first.guard_left <= 20  # the master's 30 s, not our 5 s
+    assert any("restart guard of 30 s, longer than ours (5 s)" in w for w in first.warnings)
+    assert any("abstaining after a restart" in p for p in first.problems)
