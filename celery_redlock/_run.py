@@ -91,7 +91,7 @@ def run(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], body: Callable
     request = task.request
     options: LockOptions = task.lock_options
     dlm = _manager(task)
-    hold = Hold(task, request.id, task.lock_resource(*args, **kwargs))
+    hold = Hold(task, request.id, task._resource(args, kwargs))
     if not request.retries:
         _adopt(dlm, request)
     try:

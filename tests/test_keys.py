@@ -154,7 +154,7 @@ HUGE_NUMBERS = [
 
 @pytest.mark.parametrize("number", HUGE_NUMBERS, ids=lambda n: type(n).__name__)
 def test_a_number_too_long_to_read_is_refused_by_name(number: Any) -> None:
-    with pytest.raises(UnkeyableArgument, match="argument 'b' .* more than 4300 digits") as info:
+    with pytest.raises(UnkeyableArgument, match=r"argument 'b' .* more than 4300 digits") as info:
         key(None, 1, [number])
     assert info.value.argument == "b"
 
