@@ -28,7 +28,7 @@ from kombu import serialization
 from celery_redlock import signals
 from celery_redlock._appstate import state_of
 from celery_redlock._handoff import as_owner
-from celery_redlock._run import HEADER_RESOURCE, HEADER_TOKEN, window_of
+from celery_redlock._run import HEADER_OUTAGE, HEADER_RESOURCE, HEADER_TOKEN, window_of
 from celery_redlock.exceptions import QuorumUnavailable
 from celery_redlock.lock import Lock, Redlock
 from celery_redlock.settings import LockOptions
@@ -53,6 +53,7 @@ def wants_dedup(task: Any, options: dict[str, Any]) -> bool:
         lock_options.dedup
         and not task.app.conf.task_always_eager
         and not options.get("retries")  # Task.retry re-publishing a run that holds the key
+        and HEADER_OUTAGE not in (options.get("headers") or {})  # an outage retry's
         and all(options.get(name) is None for name in _CANVAS)
     )
 

@@ -51,8 +51,9 @@ setting, see :mod:`celery_redlock.settings`):
   tasks returning the same name exclude each other).
 - ``lock_lease``, ``lock_on_duplicate`` (``skip``, ``raise``, ``retry``, ``wait``),
   ``lock_on_outage`` (``retry``, ``raise``, ``run_unlocked``), ``lock_wait_timeout``,
-  ``lock_duplicate_countdown``, ``lock_outage_countdown``, ``lock_dedup``,
-  ``lock_dedup_ttl``, ``lock_window``: see :class:`~celery_redlock.settings.LockOptions`.
+  ``lock_duplicate_countdown``, ``lock_outage_countdown``, ``lock_outage_deadline``,
+  ``lock_dedup``, ``lock_dedup_ttl``, ``lock_window``: see
+  :class:`~celery_redlock.settings.LockOptions`.
 
 A duplicate skipped by the default policy succeeds without running its body; its result
 (:func:`~celery_redlock.outcomes.skipped`) says why and names the holder. The callbacks
@@ -102,6 +103,7 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
     lock_wait_timeout: Any = None
     lock_duplicate_countdown: Any = None
     lock_outage_countdown: Any = None
+    lock_outage_deadline: Any = None
     lock_dedup: Any = None
     lock_dedup_ttl: Any = None
     lock_window: Any = None

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -182,6 +183,21 @@ def test_the_longest_numbers_read_the_same_in_every_spelling() -> None:
     assert canonical(Decimal(f"5e-{MAX_DIGITS}")) == canonical(smallest)
     assert canonical(Decimal("1." + "0" * 5000)) == canonical(1) == "1"  # zeros are no digits
     assert canonical(Decimal("0e10000000")) == "0"
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
+
+
+def test_the_docs_show_each_unkeyable_message_as_raised() -> None:
+    looped: list[Any] = []
+    looped.append(looped)
+    messages = []
+    for value in (object(), looped, 10**5000):
+        with pytest.raises(UnkeyableArgument) as info:
+            key(None, 1, value)
+        messages.append(str(info.value))
+    doc = DOC.read_text()
+    assert [m for m in messages if f"`{m}`" not in doc] == []
 
 
 # --- canonical encodings -----------------------------------------------------------------
