@@ -7,6 +7,11 @@ token in the message headers; the run frees it and takes the key as its own (see
 countdown or ETA, so a delayed message keeps its key until it is due. Nothing is ever
 dropped: if the holder cannot be named, or the masters cannot be reached, the message is
 published and the worker-side lock decides.
+
+The key is computed from the arguments as the worker will receive them: put through the
+task's serializer and back (:func:`as_delivered`). With JSON, ``{1: "x"}`` arrives as
+``{"1": "x"}``; a key computed from the Python value would differ from the run's, and the
+duplicate would be published.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from typing import Any
 
 from celery.utils import uuid
 from celery.utils.time import subtract_datetimes
+from kombu import serialization
 
 from celery_redlock import signals
 from celery_redlock._appstate import state_of
 from celery_redlock._handoff import as_owner
-from celery_redlock._run import HEADER_RESOURCE, HEADER_TOKEN, window_of
+from celery_redlock._run import HEADER_OUTAGE, HEADER_RESOURCE, HEADER_TOKEN, window_of
 from celery_redlock.exceptions import QuorumUnavailable
 from celery_redlock.lock import Lock, Redlock
 from celery_redlock.settings import LockOptions
@@ -36,6 +42,10 @@ _CANVAS = ("link", "link_error", "chain", "group_id", "chord")
 
 Send = Callable[..., Any]
 
+#: kombu's serializer registry (untyped), the one the message itself goes through.
+_dumps: Callable[..., tuple[str, str, Any]] = serialization.dumps
+_loads: Callable[..., Any] = serialization.loads
+
 
 def wants_dedup(task: Any, options: dict[str, Any]) -> bool:
     lock_options: LockOptions = task.lock_options
@@ -43,13 +53,31 @@ def wants_dedup(task: Any, options: dict[str, Any]) -> bool:
         lock_options.dedup
         and not task.app.conf.task_always_eager
         and not options.get("retries")  # Task.retry re-publishing a run that holds the key
+        and HEADER_OUTAGE not in (options.get("headers") or {})  # an outage retry's
         and all(options.get(name) is None for name in _CANVAS)
     )
 
 
+def as_delivered(
+    args: Any, kwargs: Any, serializer: str | None
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``args`` and ``kwargs`` as a worker receives them: through ``serializer`` (the
+    task's, e.g. ``"json"``) and back, so that a key computed here is the run's key.
+
+    Raises kombu's ``EncodeError`` for arguments the serializer cannot carry (sending
+    them would fail the same way). Loaded with ``force``: the payload is our own.
+    """
+    content_type, encoding, payload = _dumps(
+        [list(args or ()), dict(kwargs or {})], serializer=serializer
+    )
+    delivered_args, delivered_kwargs = _loads(payload, content_type, encoding, force=True)
+    return tuple(delivered_args), dict(delivered_kwargs)
+
+
 def publish(task: Any, args: Any, kwargs: Any, options: dict[str, Any], send: Send) -> Any:
     """Publish through ``send(args, kwargs, **options)`` unless the key is already taken."""
-    resource = task.lock_resource(*(args or ()), **(kwargs or {}))
+    serializer = options.get("serializer") or task.serializer
+    resource = task._resource(*as_delivered(args, kwargs, serializer))
     options = {**options, "task_id": options.get("task_id") or uuid()}
     dlm = state_of(task.app).manager
     try:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from celery.exceptions import Reject, Retry
 
 from celery_redlock import signals
 from celery_redlock._handoff import as_owner, owner_of
@@ -29,6 +32,8 @@ logger = logging.getLogger("celery_redlock")
 #: Message headers handing a queue-time lock from the publisher to the run.
 HEADER_TOKEN = "redlock_token"  # noqa: S105 - a header name, not a secret
 HEADER_RESOURCE = "redlock_resource"
+#: Message header of an outage retry: ``[first outage (epoch seconds), outage retries]``.
+HEADER_OUTAGE = "redlock_outage"
 
 #: The holds of the runs in progress in this thread, by task id. Not on the request:
 #: Celery copies unknown request attributes into the headers of a retry's message.
@@ -91,7 +96,7 @@ def run(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], body: Callable
     request = task.request
     options: LockOptions = task.lock_options
     dlm = _manager(task)
-    hold = Hold(task, request.id, task.lock_resource(*args, **kwargs))
+    hold = Hold(task, request.id, task._resource(args, kwargs))
     if not request.retries:
         _adopt(dlm, request)
     try:
@@ -152,15 +157,22 @@ def _start_window(dlm: Redlock, hold: Hold, window: float) -> None:
         logger.warning("could not start the %s s window of %r: %s", window, hold.resource, exc)
 
 
+def header(request: Any, name: str) -> Any:
+    """A custom header of the message ``request`` runs (Celery sets each as an attribute
+    too), or None."""
+    headers = getattr(request, "headers", None) or {}
+    return getattr(request, name, None) or headers.get(name)
+
+
 def _adopt(dlm: Redlock, request: Any) -> None:
     """Free the queue-time lock this message carries, so that this run can take the key.
 
     Released (owner-checked) rather than taken over: a broker redelivery of the same
-    message carries the same token, and two runs must never share one.
+    message carries the same token, and two runs must never share one. An outage retry
+    carries it again and tries again, in case the outage kept the first try from it.
     """
-    headers = getattr(request, "headers", None) or {}
-    token = getattr(request, HEADER_TOKEN, None) or headers.get(HEADER_TOKEN)
-    resource = getattr(request, HEADER_RESOURCE, None) or headers.get(HEADER_RESOURCE)
+    token = header(request, HEADER_TOKEN)
+    resource = header(request, HEADER_RESOURCE)
     if isinstance(token, str) and isinstance(resource, str) and owner_of(token) == request.id:
         dlm.release(resource, token)
 
@@ -297,9 +309,28 @@ def _outage(
             exc,
         )
         return _run_held(task, hold, body)
-    if policy is OnOutage.RAISE:
+    if policy is OnOutage.RAISE or task.request.is_eager:  # eager: no queue to wait in
         raise exc
-    countdown = outage_countdown(options.outage_countdown, task.request.retries or 0)
+    raise _retry_outage(task, hold, options, exc)
+
+
+def _retry_outage(task: Any, hold: Hold, options: LockOptions, exc: QuorumUnavailable) -> Retry:
+    """Send the call again after a backoff (returns the ``Retry`` to raise), or fail it
+    once ``outage_deadline`` has passed since its first outage.
+
+    Not through ``Task.retry``, which counts against ``max_retries`` (3 by default, used up
+    by a minute of outage) and in ``request.retries``: both belong to the body. The retry
+    is sent as ``Task.retry`` sends one (the request's signature; ``Retry`` raised for the
+    worker to record it) with ``retries`` unchanged, and the outage's start and count in a
+    header, so the deadline holds across re-queueing and worker restarts.
+    """
+    request = task.request
+    now = time.time()
+    since, attempts = _outage_so_far(request, now)
+    left = since + options.outage_deadline - now
+    if left <= 0:
+        raise _gave_up(task, hold, options.outage_deadline, exc) from exc
+    countdown = min(outage_countdown(options.outage_countdown, attempts), left)
     logger.warning(
         "task %s[%s] cannot lock %r, retrying in %.1f s: %s",
         task.name,
@@ -308,7 +339,47 @@ def _outage(
         countdown,
         exc,
     )
-    raise task.retry(exc=exc, countdown=countdown)
+    retry = task.signature_from_request(request, countdown=countdown)
+    headers = retry.options.get("headers") or {}
+    retry.set(headers={**headers, HEADER_OUTAGE: [since, attempts + 1]})
+    try:
+        retry.apply_async(add_to_parent=False)  # the same call, not a child of this run
+    except Exception as error:  # as Task.retry: the message is not requeued
+        raise Reject(error, requeue=False) from error
+    return Retry(exc=exc, when=countdown, sig=retry)
+
+
+def _outage_so_far(request: Any, now: float) -> tuple[float, int]:
+    """When the call's first outage was (wall clock: it may have been on another
+    worker) and how many outage retries it has had; ``(now, 0)`` for a first outage."""
+    value = header(request, HEADER_OUTAGE)
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        since, attempts = value
+        if (
+            isinstance(since, (int, float))
+            and math.isfinite(since)
+            and isinstance(attempts, int)
+            and attempts >= 0
+        ):
+            return min(float(since), now), attempts
+    return now, 0
+
+
+def _gave_up(task: Any, hold: Hold, deadline: float, exc: QuorumUnavailable) -> QuorumUnavailable:
+    logger.error(
+        "task %s[%s] FAILS: it could not lock %r for lock_outage_deadline (%g s): %s",
+        task.name,
+        hold.task_id,
+        hold.resource,
+        deadline,
+        exc,
+    )
+    return QuorumUnavailable(
+        f"{exc.args[0]}; task {task.name}[{hold.task_id}] gave up after retrying for"
+        f" {deadline:g} s (lock_outage_deadline)",
+        resource=exc.resource,
+        votes=exc.votes,
+    )
 
 
 def outage_countdown(base: float, retries: int) -> float:

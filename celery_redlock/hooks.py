@@ -35,7 +35,7 @@ from celery.exceptions import TimeLimitExceeded, WorkerLostError
 from celery_redlock._appstate import state_of
 from celery_redlock._masters import redact
 from celery_redlock._reaper import reaper
-from celery_redlock._run import HEADER_RESOURCE, HEADER_TOKEN
+from celery_redlock._run import HEADER_RESOURCE, HEADER_TOKEN, header
 from celery_redlock.exceptions import ConfigurationError
 
 __all__ = ["install"]
@@ -156,9 +156,8 @@ def _on_revoked(
     dlm = state_of(sender.app).manager
     if terminated:
         reaper.reap(request.id, dlm, _patience(sender))
-    headers = getattr(request, "headers", None) or {}
-    token = getattr(request, HEADER_TOKEN, None) or headers.get(HEADER_TOKEN)
-    resource = getattr(request, HEADER_RESOURCE, None) or headers.get(HEADER_RESOURCE)
+    token = header(request, HEADER_TOKEN)
+    resource = header(request, HEADER_RESOURCE)
     if isinstance(token, str) and isinstance(resource, str):
         dlm.release(resource, token)  # owner-checked: a no-op once the run took the key
 

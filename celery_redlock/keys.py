@@ -11,7 +11,8 @@ and sets ignore order; an aware datetime is read as its UTC instant. A tuple rea
 list because a JSON round trip through the broker turns one into the other, and the
 publisher and the worker must compute the same key. A value with no stable reading (an
 arbitrary object) raises :class:`UnkeyableArgument` naming the argument, never a key that
-would differ between two equal values.
+would differ between two equal values; so does a number whose exact reading is longer than
+:data:`MAX_DIGITS`, refused before the work of reading it is done.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ __all__ = ["KeySpec", "UnkeyableArgument", "canonical"]
 #: Hex digits of SHA-256 kept in a key: 128 bits, so two calls never share a key by chance.
 DIGEST_CHARS = 32
 
+#: Most decimal digits a number's exact reading (its numerator, its denominator) may have:
+#: Python's default limit for int-to-text conversion, whose cost grows faster than the
+#: length of the text that carries the number (``Decimal("1e10000000")`` is 11 bytes).
+MAX_DIGITS = 4300
+_TOO_BIG = 10**MAX_DIGITS
+
 KeyFunction = Callable[..., str]
 
 
@@ -58,6 +65,8 @@ def canonical(value: Any) -> str:
         return _encode(value)
     except RecursionError:
         raise _NoStableForm("it contains itself (or is nested too deeply)") from None
+    except (ValueError, OverflowError) as exc:  # a lower int-to-text limit, a datetime edge
+        raise _NoStableForm(f"it has no stable reading ({exc})") from None
 
 
 def _encode(value: Any) -> str:  # noqa: PLR0911 - one branch per family of types
@@ -90,9 +99,12 @@ def _encode(value: Any) -> str:  # noqa: PLR0911 - one branch per family of type
 
 
 def _number(value: bool | int | float | Decimal | Fraction | complex) -> str:
-    """Numbers by exact value, so every spelling of one number reads the same."""
+    """Numbers by exact value, so every spelling of one number reads the same; at most
+    :data:`MAX_DIGITS` digits a side, so reading one costs little whatever it is."""
     if isinstance(value, int):  # bool too; the common case, spelled as Fraction would
-        return str(int(value))
+        if -_TOO_BIG < value < _TOO_BIG:
+            return str(int(value))
+        raise _too_long()
     if isinstance(value, complex):
         if value.imag:
             return f"complex({_number(value.real)},{_number(value.imag)})"
@@ -102,10 +114,38 @@ def _number(value: bool | int | float | Decimal | Fraction | complex) -> str:
             return "nan"  # NaN equals nothing, itself included: any key is right
         if value.is_infinite():
             return "inf" if value > 0 else "-inf"
+        if not _may_fit(value):
+            raise _too_long()
     elif isinstance(value, float) and not math.isfinite(value):
         return "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
     exact = Fraction(value)
+    if not (-_TOO_BIG < exact.numerator < _TOO_BIG and exact.denominator < _TOO_BIG):
+        raise _too_long()
     return str(exact.numerator) if exact.denominator == 1 else str(exact)
+
+
+def _may_fit(value: Decimal) -> bool:
+    """False when the exact fraction of ``value`` (finite) is surely longer than
+    :data:`MAX_DIGITS`, judged from its digits and exponent before any conversion.
+
+    ``c * 10**e``, with ``c`` of ``n`` digits and no trailing zero: for ``e >= 0`` an
+    integer of ``n + e`` digits; for ``e < 0`` a denominator of at least ``2**-e`` (so of
+    more than MAX_DIGITS digits once ``-e`` passes 3.33 times it) and a numerator of at
+    least ``n + e`` digits. The bounds below only refuse what the exact check would.
+    """
+    _sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    zeros = len(digits) - len(bytes(digits).rstrip(b"\0"))
+    significant, exponent = len(digits) - zeros, exponent + zeros
+    if not significant:  # zero, whatever its exponent
+        return True
+    if exponent >= 0:
+        return significant + exponent <= MAX_DIGITS
+    return -exponent <= 4 * MAX_DIGITS and significant <= 5 * MAX_DIGITS
+
+
+def _too_long() -> _NoStableForm:
+    return _NoStableForm(f"it is a number of more than {MAX_DIGITS} digits")
 
 
 def _temporal(value: datetime | date | time | timedelta) -> str:
@@ -218,8 +258,11 @@ class KeySpec:
             ) from None
 
     def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        """Arguments by parameter name, defaults applied. When keying on names, ``**kwargs``
-        entries are flattened in, so a name passed through them can be keyed on."""
+        """Arguments by parameter name, defaults applied: ``*args`` as the tuple of extra
+        positionals, ``**kwargs`` as the mapping of extra keywords. When keying on names,
+        that mapping's entries are also read as arguments of their own (never over a
+        parameter's), so a name passed through it can be keyed on; its own name still
+        names the whole mapping."""
         if self._plain is not None:
             arguments = self._bind_plain(self._plain, args, kwargs)
             if arguments is not None:
@@ -233,7 +276,9 @@ class KeySpec:
         if self.names is not None:
             for param in self.signature.parameters.values():
                 if param.kind is param.VAR_KEYWORD:
-                    arguments.update(arguments.pop(param.name))
+                    extra = arguments.pop(param.name)
+                    arguments.update({k: v for k, v in extra.items() if k not in arguments})
+                    arguments[param.name] = extra
         return arguments
 
     def _bind_plain(

@@ -39,7 +39,7 @@ class OnDuplicate(str, enum.Enum):
 class OnOutage(str, enum.Enum):
     """What a run does when too few masters answer to lock or refuse it."""
 
-    RETRY = "retry"  # re-queued with exponential backoff, honouring max_retries
+    RETRY = "retry"  # re-queued with backoff until lock_outage_deadline; not max_retries
     RAISE = "raise"  # the run fails with QuorumUnavailable
     RUN_UNLOCKED = "run_unlocked"  # fail-open: the body runs without a lock (WARNING)
 
@@ -81,6 +81,10 @@ class LockOptions:
     - ``duplicate_countdown`` (10 s): delay before a retried duplicate runs again.
     - ``outage_countdown`` (2 s): first delay of an outage retry, doubling per retry up to
       :data:`OUTAGE_COUNTDOWN_MAX`.
+    - ``outage_deadline`` (3600 s): how long after a call's first outage it is still
+      retried; then it fails with QuorumUnavailable. Outage retries have this budget of
+      their own: they never count against the task's ``max_retries``, which is for its
+      body's retries, so an outage of minutes drops no call.
     - ``dedup`` (False): at ``apply_async``, return the queued or running call's result
       instead of publishing a second message for the same key.
     - ``dedup_ttl`` (3600 s): how long such a queue-time lock waits in the queue, on top
@@ -100,6 +104,7 @@ class LockOptions:
     wait_timeout: float = 60.0
     duplicate_countdown: float = 10.0
     outage_countdown: float = 2.0
+    outage_deadline: float = 3600.0
     dedup: bool = False
     dedup_ttl: float = 3600.0
     window: float = 0.0
@@ -115,6 +120,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "wait_timeout": _duration,
     "duplicate_countdown": _duration_or_zero,
     "outage_countdown": _duration,
+    "outage_deadline": _duration,
     "dedup": _flag,
     "dedup_ttl": _duration,
     "window": _duration_or_zero,

@@ -7,7 +7,9 @@ A task with ``base=SingletonTask`` holds a Redlock (a lock on a quorum of indepe
 Redis masters) for the whole of each run. Two calls with the same key never run at the
 same time on any worker of the cluster; calls with different keys run in parallel. The
 key is the task name plus a digest of the arguments bound to the task's signature with
-defaults applied, so ``f(1, b=2)``, ``f(a=1, b=2)`` and ``f(1, 2)`` are one key.
+defaults applied, so ``f(1, b=2)``, ``f(a=1, b=2)`` and ``f(1, 2)`` are one key; the
+arguments are read as the worker receives them, after the task's serializer (with JSON,
+``{1: "x"}`` is ``{"1": "x"}`` and a tuple is a list), wherever the key is computed.
 
 The lock is a short lease (``lock_lease``, 30 s) renewed every third of it while the body
 runs, so a run killed outright frees its key within one lease; under prefork, the worker's
@@ -49,8 +51,9 @@ setting, see :mod:`celery_redlock.settings`):
   tasks returning the same name exclude each other).
 - ``lock_lease``, ``lock_on_duplicate`` (``skip``, ``raise``, ``retry``, ``wait``),
   ``lock_on_outage`` (``retry``, ``raise``, ``run_unlocked``), ``lock_wait_timeout``,
-  ``lock_duplicate_countdown``, ``lock_outage_countdown``, ``lock_dedup``,
-  ``lock_dedup_ttl``, ``lock_window``: see :class:`~celery_redlock.settings.LockOptions`.
+  ``lock_duplicate_countdown``, ``lock_outage_countdown``, ``lock_outage_deadline``,
+  ``lock_dedup``, ``lock_dedup_ttl``, ``lock_window``: see
+  :class:`~celery_redlock.settings.LockOptions`.
 
 A duplicate skipped by the default policy succeeds without running its body; its result
 (:func:`~celery_redlock.outcomes.skipped`) says why and names the holder. The callbacks
@@ -100,6 +103,7 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
     lock_wait_timeout: Any = None
     lock_duplicate_countdown: Any = None
     lock_outage_countdown: Any = None
+    lock_outage_deadline: Any = None
     lock_dedup: Any = None
     lock_dedup_ttl: Any = None
     lock_window: Any = None
@@ -147,10 +151,21 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
         return self._lock_options
 
     def lock_resource(self, *args: Any, **kwargs: Any) -> str:
-        """The lock's resource name for a call with these arguments."""
+        """The lock's resource name for a call with these arguments: the one its run
+        takes, computed (as the worker does) from the arguments as the task's serializer
+        delivers them, so ``{1: "x"}`` and ``{"1": "x"}`` are one call under JSON."""
+        spec = self._spec()
+        return spec.resource(*_publish.as_delivered(args, kwargs, self.serializer))
+
+    def _resource(self, args: Any, kwargs: Any) -> str:
+        """The resource of a call whose arguments are as delivered (in the worker, or
+        through :func:`~celery_redlock._publish.as_delivered`)."""
+        return self._spec().resource(args, kwargs)
+
+    def _spec(self) -> KeySpec:
         if self._lock_spec is None:
             raise ConfigurationError(f"task {self.name} is not bound to an app yet")
-        return self._lock_spec.resource(args, kwargs)
+        return self._lock_spec
 
     def is_locked(self, *args: Any, **kwargs: Any) -> bool:
         """Whether a call with these arguments is running (or queued, with lock_dedup)."""

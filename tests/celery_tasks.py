@@ -233,6 +233,11 @@ def define_tasks(app: Celery) -> None:
     def dedup(self: Any, key: str, seconds: float = 0.5) -> str:
         return hold_body(self, key, seconds)
 
+    @task(bind=True, base=SingletonTask, name="dedup_tags", lock_dedup=True)
+    def dedup_tags(self: Any, key: str, tags: Any, seconds: float = 0.5) -> str:
+        """Keyed on ``tags`` too, which JSON may deliver in another shape than it was sent."""
+        return hold_body(self, key, seconds)
+
     @task(bind=True, base=SingletonTask, name="throttled", lock_window=2.0)
     def throttled(self: Any, key: str) -> str:
         return hold_body(self, key, 0.0)

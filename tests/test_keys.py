@@ -6,12 +6,14 @@ import dataclasses
 import enum
 import inspect
 import math
+import tracemalloc
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 from kombu.utils import json as kombu_json
 
 from celery_redlock import ConfigurationError, UnkeyableArgument
-from celery_redlock.keys import KeySpec, canonical
+from celery_redlock.keys import MAX_DIGITS, KeySpec, canonical
 
 
 def f(a: Any, b: Any = 2, *rest: Any, c: Any = None, **extra: Any) -> None:
@@ -70,6 +72,42 @@ def test_a_subset_of_arguments_and_omitted_optionals() -> None:
     assert key(["a"], 1) != key(["b"], 1)
 
 
+def export(fmt: Any, **filters: Any) -> None:
+    """A task that takes its filters as extra keywords."""
+
+
+def test_lock_key_on_the_extra_keywords_keys_on_their_mapping() -> None:
+    spec = KeySpec.parse("proj.export", inspect.signature(export), ["filters"])
+    assert spec.resource(("csv",), {"day": 1}) != spec.resource(("csv",), {"day": 2})
+    assert spec.resource(("csv",), {"day": 1}) == spec.resource(("pdf",), {"day": 1})
+    assert spec.resource(("csv",), {"a": 1, "b": 2}) == spec.resource(("csv",), {"b": 2, "a": 1})
+    assert spec.resource(("csv",), {}) != spec.resource(("csv",), {"day": 1})
+    # An entry that happens to share the mapping's name does not stand for the mapping.
+    assert spec.resource(("csv",), {"filters": 1}) != spec.resource(("csv",), {"filters": 2})
+    assert key(["extra"], 1, x=1) != key(["extra"], 1, x=2)
+    assert key(["extra"], 1, x=1) == key(["extra"], 2, 3, x=1)
+    assert key(["extra", "x"], 1, x=1) != key(["extra", "x"], 1, x=1, y=2)
+
+
+def test_lock_key_on_the_extra_positionals_keys_on_their_tuple() -> None:
+    assert key(["rest"], 1, 2, 3) != key(["rest"], 1, 2, 4)
+    assert key(["rest"], 1, 2, 3) == key(["rest"], 9, 8, 3, c=5)
+    assert key(["rest"], 1) == key(["rest"], 1, 2) != key(["rest"], 1, 2, 3)
+
+
+def test_every_argument_includes_the_extras() -> None:
+    assert key(None, 1, 2, 3) != key(None, 1, 2, 4)
+    assert key(None, 1, x=1) != key(None, 1, x=2) != key(None, 1)
+
+
+def test_an_extra_keyword_never_stands_in_for_a_parameter() -> None:
+    def h(a: Any, /, **kw: Any) -> None:
+        """``a`` is positional-only, so ``a=`` lands in ``kw``."""
+
+    spec = KeySpec.parse("proj.h", inspect.signature(h), ["a"])
+    assert spec.resource((1,), {"a": 2}) == spec.resource((1,), {"a": 3}) == spec.resource((1,), {})
+
+
 def test_the_task_name_alone() -> None:
     assert key([], 1) == key([], 2, 3, c=4) == "proj.f"
 
@@ -101,6 +139,65 @@ def test_an_unkeyable_argument_is_named() -> None:
     looped.append(looped)
     with pytest.raises(UnkeyableArgument, match="contains itself"):
         key(None, looped)
+
+
+HUGE_NUMBERS = [
+    10**MAX_DIGITS,
+    -(10**5000),
+    Decimal("1e5000"),
+    Decimal("-1e10000000"),
+    Decimal("1e-10000000"),
+    Decimal("7" * (5 * MAX_DIGITS + 1) + "e-1"),
+    Fraction(1, 10**MAX_DIGITS),
+    Fraction(10**5000, 3),
+]
+
+
+@pytest.mark.parametrize("number", HUGE_NUMBERS, ids=lambda n: type(n).__name__)
+def test_a_number_too_long_to_read_is_refused_by_name(number: Any) -> None:
+    with pytest.raises(UnkeyableArgument, match=r"argument 'b' .* more than 4300 digits") as info:
+        key(None, 1, [number])
+    assert info.value.argument == "b"
+
+
+def test_a_huge_exponent_is_refused_before_the_number_is_built() -> None:
+    """``Decimal("1e10000000")`` is 11 bytes in a message; its exact value, an int of ten
+    million digits (4 MB), must never be built: refused on its exponent alone."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnkeyableArgument):
+            key(None, Decimal("1e10000000"))
+        with pytest.raises(UnkeyableArgument):
+            key(None, Decimal("1e-10000000"))
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100_000
+
+
+def test_the_longest_numbers_read_the_same_in_every_spelling() -> None:
+    largest = 10**MAX_DIGITS - 1
+    assert canonical(largest) == canonical(Decimal(largest)) == canonical(Fraction(largest))
+    assert canonical(Decimal(f"1e{MAX_DIGITS - 1}")) == canonical(10 ** (MAX_DIGITS - 1))
+    smallest = Fraction(1, 2 * 10 ** (MAX_DIGITS - 1))  # a denominator of 4300 digits
+    assert canonical(Decimal(f"5e-{MAX_DIGITS}")) == canonical(smallest)
+    assert canonical(Decimal("1." + "0" * 5000)) == canonical(1) == "1"  # zeros are no digits
+    assert canonical(Decimal("0e10000000")) == "0"
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
+
+
+def test_the_docs_show_each_unkeyable_message_as_raised() -> None:
+    looped: list[Any] = []
+    looped.append(looped)
+    messages = []
+    for value in (object(), looped, 10**5000):
+        with pytest.raises(UnkeyableArgument) as info:
+            key(None, 1, value)
+        messages.append(str(info.value))
+    doc = DOC.read_text()
+    assert [m for m in messages if f"`{m}`" not in doc] == []
 
 
 # --- canonical encodings -----------------------------------------------------------------

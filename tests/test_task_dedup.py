@@ -53,6 +53,26 @@ def test_a_running_call_is_returned_too(singleton_app: Celery) -> None:
     assert len(probe_of(singleton_app).runs()) == 1
 
 
+def test_arguments_the_serializer_reshapes_are_deduplicated_all_the_same(
+    singleton_app: Celery,
+) -> None:
+    """JSON delivers ``{1: "x"}`` as ``{"1": "x"}`` and a tuple as a list. The run keys the
+    call on what arrived; the publisher must key it the same way, or the duplicate of a
+    running call is published (and its message skipped in the worker)."""
+    task = singleton_app.tasks["dedup_tags"]
+    probe = probe_of(singleton_app)
+    tags = {1: "x", "pair": (1, 2)}
+    with running_worker(singleton_app, concurrency=2):
+        first = task.apply_async(("m", tags, GATED))
+        wait_for(lambda: probe.started("m"), what="the run")
+        assert task.apply_async(("m", tags, GATED)).id == first.id
+        assert task.is_locked("m", tags, GATED)
+        assert task.is_locked("m", {"1": "x", "pair": [1, 2]}, GATED)  # as JSON delivers it
+        probe.open_gate("m")
+        assert first.get(timeout=TIMEOUT) == "m"
+    assert len(probe.runs()) == 1
+
+
 def test_the_queue_time_lock_outlives_the_countdown(
     make_celery: AppFactory, lock_masters: RedisGroup
 ) -> None:

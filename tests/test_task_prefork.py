@@ -3,13 +3,14 @@ the kernel) kills them, and the key is free again at once, or within a lease at 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
 from celery_redlock import is_skipped
 from celery_redlock.testing import RedisGroup, RedisServer
-from tests.celery_helpers import close_app, wait_for
+from tests.celery_helpers import armed, close_app, wait_for
 from tests.celery_tasks import make_app, probe_of
 from tests.test_task_policies import assert_no_overlap
 
@@ -68,15 +69,19 @@ def start_prefork(
     *,
     concurrency: int = 3,
     pool: str = "prefork",
+    conf: Mapping[str, Any] | None = None,
 ) -> PreforkWorker:
-    """A ``celery worker`` subprocess (``-P prefork`` unless ``pool`` says otherwise)."""
+    """A ``celery worker`` subprocess (``-P prefork`` unless ``pool`` says otherwise),
+    its app made with ``conf`` (settings) as the test process's is."""
     ns = uuid.uuid4().hex[:12]
+    conf = dict(conf or {})
     env = {
         **os.environ,
         "REDLOCK_TEST_BROKER": redis_broker.url,
         "REDLOCK_TEST_MASTERS": ",".join(masters.urls),
         "REDLOCK_TEST_NS": ns,
         "REDLOCK_TEST_LEASE": str(lease),
+        "REDLOCK_TEST_CONF": json.dumps(conf),
         "PYTHONPATH": str(ROOT),
     }
     log = tmp / f"worker-{ns}.log"
@@ -108,7 +113,7 @@ def start_prefork(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    app = make_app(redis_broker.url, masters.urls, ns=ns, redlock_lease=lease)
+    app = make_app(redis_broker.url, masters.urls, ns=ns, redlock_lease=lease, **conf)
     worker = PreforkWorker(app, proc, log, lease)
     try:
         assert app.tasks["hold"].delay("ready", 0.0).get(timeout=TIMEOUT) == "ready"
@@ -212,3 +217,39 @@ def test_a_cold_shutdown_frees_the_key_at_once(
     finally:
         worker.stop()
         close_app(worker.app)
+
+
+def test_an_outage_longer_than_max_retries_drops_no_call(
+    redis_broker: RedisServer, tmp_path: Path
+) -> None:
+    """Three masters, two killed: calls keep arriving and retrying, more times than
+    Celery's max_retries (3) would allow. The masters restart empty and sit out their
+    restart guard; then every call runs, once."""
+    keys = [f"outage-{i}" for i in range(4)]
+    conf = {"redlock_restart_guard": 2, "redlock_outage_countdown": 0.05}
+    with RedisGroup(3) as masters:
+        worker = start_prefork(redis_broker, armed(masters), tmp_path, lease=1.5, conf=conf)
+        try:
+            probe = probe_of(worker.app)
+            masters[0].kill()
+            masters[1].kill()
+            results = [worker.app.tasks["hold"].delay(key, 0.0) for key in keys]
+            wait_for(
+                lambda: (
+                    any(r.failed() for r in results)
+                    or all(len(probe.marks(f"outage:{r.id}")) > 4 for r in results)
+                ),
+                what="more outage retries than max_retries",
+            )
+            assert not [r.id for r in results if r.failed()]
+            masters[0].start()
+            masters[1].start()
+            assert [r.get(timeout=TIMEOUT) for r in results] == keys
+        except BaseException:
+            print(worker.log.read_text(errors="replace")[-20000:])
+            raise
+        finally:
+            worker.stop()
+            close_app(worker.app)
+    assert sorted(run["key"] for run in probe.runs() if run["key"] != "ready") == keys
+    assert_no_overlap(probe)

@@ -33,6 +33,7 @@ def test_defaults() -> None:
     assert cfg.defaults.lease == 30.0
     assert cfg.defaults.on_duplicate is OnDuplicate.SKIP
     assert cfg.defaults.on_outage is OnOutage.RETRY
+    assert cfg.defaults.outage_deadline == 3600.0
     assert cfg.masters_source == "redlock_masters"
     assert cfg.lock.key_prefix == "redlock:"
 
@@ -72,6 +73,8 @@ def test_masters_may_be_one_string() -> None:
         ({"redlock_window": 600}, "redlock_window: ttl 600.0 s exceeds restart_guard"),
         ({"redlock_on_duplicate": "ignore"}, "redlock_on_duplicate must be one of 'skip'"),
         ({"redlock_on_outage": "skip"}, "redlock_on_outage must be one of 'retry'"),
+        ({"redlock_outage_deadline": 0}, "redlock_outage_deadline must be finite and more than 0"),
+        ({"redlock_outage_deadline": "1h"}, "redlock_outage_deadline must be a number of seconds"),
         ({"redlock_dedup": "yes"}, "redlock_dedup must be True or False"),
         ({"redlock_retry_count": -1}, "redlock_retry_count: retry_count must be 0 to 1000"),
         ({"redlock_master_timeout": "fast"}, "redlock_master_timeout: master_timeout must"),
