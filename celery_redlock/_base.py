@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 from celery_redlock import _quorum
 from celery_redlock._masters import Health, MasterSpec, parse_masters, seconds
 from celery_redlock._scripts import Call, Reply
-from celery_redlock.config import LockSettings, timeout_seconds
+from celery_redlock.config import LockSettings, check_utf8, timeout_seconds
 from celery_redlock.exceptions import ConfigurationError, LockLost
 
 logger = logging.getLogger("celery_redlock")
@@ -105,6 +105,15 @@ class ManagerBase:
     @property
     def quorum(self) -> int:
         return self.policy.quorum
+
+    @staticmethod
+    def _token(token: Any) -> str:
+        """A token given back to release by: the non-empty text a handle's ``token`` is."""
+        if not isinstance(token, str) or not token:
+            raise ConfigurationError("token must be a non-empty string")
+        if not token.isascii():
+            check_utf8(token, "token")
+        return token
 
     def _request(
         self,

@@ -31,7 +31,6 @@ from celery_redlock._masters import MasterSpec
 from celery_redlock._quorum import Listen, Round, Vote
 from celery_redlock._scripts import Call, Outcome, is_noscript, loads
 from celery_redlock.exceptions import (
-    ConfigurationError,
     LockLost,
     LockNotAcquired,
 )
@@ -450,9 +449,8 @@ class AsyncRedlock(ManagerBase):
 
     async def release(self, resource: str, token: str) -> bool:
         """Release by ``(resource, token)``; only keys holding exactly this token go."""
-        if not isinstance(token, str) or not token:
-            raise ConfigurationError("token must be a non-empty string")
         key = self.settings.key(resource)
+        token = self._token(token)
         released, _votes = await self._driver.run(_quorum.release(key, token, self.policy))
         return bool(released)
 

@@ -46,7 +46,7 @@ from celery_redlock._masters import MasterSpec
 from celery_redlock._quorum import Listen, Round, Vote
 from celery_redlock._resp import INCOMPLETE
 from celery_redlock._scripts import GRANTED, Call, Outcome, is_noscript, loads
-from celery_redlock.exceptions import ConfigurationError, LockLost, LockNotAcquired
+from celery_redlock.exceptions import LockLost, LockNotAcquired
 
 __all__ = ["Lock", "Redlock"]
 
@@ -793,9 +793,8 @@ class Redlock(ManagerBase):
 
         Only keys holding exactly this token are deleted; True when a quorum was.
         """
-        if not isinstance(token, str) or not token:
-            raise ConfigurationError("token must be a non-empty string")
         key = self.settings.key(resource)
+        token = self._token(token)
         released, _votes = self._driver.run(_quorum.release(key, token, self.policy))
         return bool(released)
 
