@@ -103,7 +103,7 @@ async def async_votes(urls: list[str]) -> list[list[str]]:
     """Acquire and release ``r`` with AsyncRedlock; each round's votes as (outcome, error)."""
     from celery_redlock import AsyncRedlock
 
-    async with AsyncRedlock(urls, master_timeout=0.5, retry_count=0) as dlm:
+    async with AsyncRedlock(urls, master_timeout=2.0, retry_count=0) as dlm:
         lock = await dlm.acquire("r", 5)
         assert lock is not None
         votes = [[v.outcome.value, v.error or ""] for v in lock.votes]

@@ -36,10 +36,10 @@ SAYS = {
 
 @pytest.fixture(scope="module")
 def healthy() -> Iterator[list[str]]:
-    """Two real masters, each answering 100 ms late so that the bad one's reply is read
+    """Two real masters, each answering 500 ms late so that the bad one's reply is read
     in the round (a round settles as soon as two masters said yes)."""
     with RedisGroup(2) as group:
-        proxies = [FaultProxy(("127.0.0.1", s.port), delay=0.05) for s in group]
+        proxies = [FaultProxy(("127.0.0.1", s.port), delay=0.25) for s in group]
         with proxies[0], proxies[1]:
             yield [p.url for p in proxies]
 
@@ -53,7 +53,7 @@ def check(votes: list[list[str]], reply: str) -> None:
 
 
 def sync_votes(urls: list[str]) -> list[list[str]]:
-    with Redlock(urls, master_timeout=0.5, retry_count=0) as dlm:
+    with Redlock(urls, master_timeout=2.0, retry_count=0) as dlm:
         lock = dlm.acquire("r", 5)
         assert lock is not None
         votes = [[v.outcome.value, v.error or ""] for v in lock.votes]
