@@ -18,7 +18,6 @@ from typing import Any, Generic, TypeVar
 
 from celery_redlock import _quorum
 from celery_redlock._masters import Health, MasterSpec, parse_masters, seconds
-from celery_redlock._scripts import Call, Reply
 from celery_redlock.config import LockSettings, check_utf8, timeout_seconds
 from celery_redlock.exceptions import ConfigurationError, LockLost
 
@@ -42,14 +41,10 @@ _shown = reprlib.Repr()
 _shown.maxlevel, _shown.maxlist, _shown.maxstring, _shown.maxother = 3, 4, 80, 80
 
 
-def parse_reply(call: Call, reply: object) -> Reply | str:
-    """``call``'s reply parsed, or why it is not a reply to ``call`` (a misbehaving
-    master's vote, in both drivers' words): whatever a master sends is a vote, never an
-    exception out of a round."""
-    try:
-        return call.parse(reply)
-    except Exception as exc:  # any malformed reply is an ERROR vote
-        return f"unexpected reply {_shown.repr(reply)}: {exc}"
+def unexpected(reply: object, why: Exception) -> str:
+    """Why a reply that ``Call.parse`` refused (``why``) is an ERROR vote, in both drivers'
+    words: whatever a master sends is a vote, never an exception out of a round."""
+    return f"unexpected reply {_shown.repr(reply)}: {why}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ import redis.asyncio.connection as aconn
 from redis.exceptions import InvalidResponse, ResponseError
 
 from celery_redlock import _quorum
-from celery_redlock._base import HandleBase, ManagerBase, Renewal, Seconds, logger, parse_reply
+from celery_redlock._base import HandleBase, ManagerBase, Renewal, Seconds, logger, unexpected
 from celery_redlock._masters import MasterSpec
 from celery_redlock._quorum import Listen, Round, Vote
 from celery_redlock._scripts import Call, Outcome, is_noscript, loads
@@ -215,9 +215,10 @@ class _Driver:
             raise
         self._idle[i].append(conn)
         m._health[i].succeeded()
-        parsed = parse_reply(call, reply)
-        if isinstance(parsed, str):
-            return Vote(name, Outcome.ERROR, error=parsed)
+        try:
+            parsed = call.parse(reply)
+        except Exception as exc:  # any malformed reply is an ERROR vote
+            return Vote(name, Outcome.ERROR, error=unexpected(reply, exc))
         return Vote(name, parsed.outcome, parsed.pttl_ms, owner=parsed.owner)
 
     async def _call_once_more_if_stale(self, conn: Any, call: Call, deadline: float) -> Any:

@@ -41,7 +41,7 @@ import redis
 from redis.exceptions import InvalidResponse, RedisError
 
 from celery_redlock import _quorum, _resp
-from celery_redlock._base import HandleBase, ManagerBase, Seconds, logger, parse_reply
+from celery_redlock._base import HandleBase, ManagerBase, Seconds, logger, unexpected
 from celery_redlock._masters import MasterSpec
 from celery_redlock._quorum import Listen, Round, Vote
 from celery_redlock._resp import INCOMPLETE
@@ -444,9 +444,10 @@ class _Driver:
         health = self._m._health[i]
         if health.failures:
             health.succeeded()
-        parsed = parse_reply(call, reply)
-        if isinstance(parsed, str):
-            return Vote(name, Outcome.ERROR, error=parsed)
+        try:
+            parsed = call.parse(reply)
+        except Exception as exc:  # any malformed reply is an ERROR vote
+            return Vote(name, Outcome.ERROR, error=unexpected(reply, exc))
         if parsed is GRANTED:
             return self._granted[i]  # the usual answer, made once per master
         outcome, pttl_ms, owner = parsed
