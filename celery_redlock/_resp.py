@@ -99,41 +99,49 @@ class PyReader:
         self._buf += data
 
     def gets(self) -> Any:
+        stack = self._stack
         while True:
             item = self._element()
             if item is INCOMPLETE:
                 return INCOMPLETE
             while True:
-                if not self._stack:
+                if not stack:
                     del self._buf[: self._pos]
                     self._pos = self._scanned = 0
                     return item
-                size, items = self._stack[-1]
+                size, items = stack[-1]
                 items.append(item)
                 if len(items) < size:
                     break  # the array goes on: read its next element
-                self._stack.pop()
+                stack.pop()
                 item = items
 
     def _element(self) -> Any:
         """The next whole scalar, null or empty array, or INCOMPLETE; arrays it meets on the
-        way are opened on the stack (their elements follow)."""
+        way are opened on the stack (their elements follow). A line not all here yet is
+        searched again only from where the last search stopped."""
+        buf = self._buf
         while True:
-            start = self._pos
-            line = self._line()
-            if line is None:
+            pos = self._pos
+            eol = buf.find(b"\r\n", pos if self._scanned <= pos else self._scanned - 1)
+            if eol < 0:
+                self._scanned = len(buf)
                 return INCOMPLETE
-            kind, body = line
+            self._pos = eol + 2
+            kind, body = buf[pos], bytes(buf[pos + 1 : eol])
             simple = _SIMPLE.get(kind)
-            if simple is not None:
-                return _converted(simple, body, kind)
-            size = _size(kind, body)
+            try:
+                if simple is not None:
+                    return simple(body)
+                size = int(body) if kind in _SIZED else _unknown(kind)
+            except ValueError:
+                raise InvalidResponse(f"protocol error: {bytes([kind]) + body!r}") from None
+            if size < -1 or size > (MAX_BULK if kind == _BULK else MAX_ARRAY):
+                raise InvalidResponse(f"protocol error: length {size} out of range")
             if kind == _BULK:
-                return self._bulk(start, size)
-            if size < 0:
-                return None  # RESP2's null array
-            if size == 0:
-                return []
+                return self._bulk(pos, size)
+            if size <= 0:
+                return None if size < 0 else []  # RESP2's null array, or an empty one
             if len(self._stack) >= MAX_DEPTH:
                 raise InvalidResponse(f"protocol error: arrays nested deeper than {MAX_DEPTH}")
             self._stack.append((size, []))
@@ -152,39 +160,13 @@ class PyReader:
         self._pos = end + 2
         return bytes(self._buf[begin:end])
 
-    def _line(self) -> tuple[int, bytes] | None:
-        """The type byte and text of the line at ``_pos``, moving past it; None if the line
-        is not all here (the search resumes where it stopped)."""
-        buf, pos = self._buf, self._pos
-        eol = buf.find(b"\r\n", max(pos, self._scanned - 1))
-        if eol < 0:
-            self._scanned = len(buf)
-            return None
-        self._pos = eol + 2
-        return buf[pos], bytes(buf[pos + 1 : eol])
 
-
-def _converted(simple: Callable[[bytes], Any], body: bytes, kind: int) -> Any:
-    try:
-        return simple(body)
-    except ValueError:
-        raise InvalidResponse(f"protocol error: {bytes([kind]) + body!r}") from None
-
-
-def _size(kind: int, body: bytes) -> int:
-    """A bulk string's or an array's announced length, checked."""
-    if kind not in (_BULK, _ARRAY):
-        raise InvalidResponse(f'Protocol error, got "{chr(kind)}" as reply type byte')
-    try:
-        size = int(body)
-    except ValueError:
-        raise InvalidResponse(f"protocol error: {bytes([kind]) + body!r}") from None
-    if size < -1 or size > (MAX_BULK if kind == _BULK else MAX_ARRAY):
-        raise InvalidResponse(f"protocol error: length {size} out of range")
-    return size
+def _unknown(kind: int) -> int:
+    raise InvalidResponse(f'Protocol error, got "{chr(kind)}" as reply type byte')
 
 
 _BULK, _ARRAY = ord("$"), ord("*")
+_SIZED = (_BULK, _ARRAY)
 
 #: One-line replies: simple string, error, integer, and RESP3's null, boolean and double.
 _SIMPLE: dict[int, Callable[[bytes], Any]] = {
