@@ -68,6 +68,10 @@ def hold(
         if rng.random() < habits.freeze_holder:
             yield Freeze(rng.uniform(0.5, 2.0) * ttl)
         renew_to = ttl * rng.uniform(0.2, 1.0) if rng.random() < habits.shorten else ttl
+        # As the handles do (HandleBase._extension): while the extend is out, a master may
+        # already have applied it, so only the shorter validity is believed.
+        now = client.context.clock()
+        history.extended(client, _quorum.unsure(lease, now, renew_to, policy.drift_factor))
         extension = yield Run(_quorum.extend(lease, renew_to, policy, client.context))
         lease = extension.lease
         if isinstance(extension.error, LockLost):
