@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import reprlib
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from typing import Any, Generic, TypeVar
 from celery_redlock import _quorum
 from celery_redlock._masters import Health, MasterSpec, parse_masters, seconds
 from celery_redlock._scripts import Outcome
-from celery_redlock.config import LockSettings, timeout_seconds
+from celery_redlock.config import LockSettings, check_utf8, timeout_seconds
 from celery_redlock.exceptions import ConfigurationError, LockLost
 
 logger = logging.getLogger("celery_redlock")
@@ -35,6 +36,16 @@ def new_token() -> str:
 
 
 Seconds = float | timedelta
+
+#: Shows a master's unexpected reply in a vote: short, and safe for any nesting depth.
+_shown = reprlib.Repr()
+_shown.maxlevel, _shown.maxlist, _shown.maxstring, _shown.maxother = 3, 4, 80, 80
+
+
+def unexpected(reply: object, why: Exception) -> str:
+    """Why a reply that ``Call.parse`` refused (``why``) is an ERROR vote, in both drivers'
+    words: whatever a master sends is a vote, never an exception out of a round."""
+    return f"unexpected reply {_shown.repr(reply)}: {why}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +133,15 @@ class ManagerBase:
     @property
     def quorum(self) -> int:
         return self.policy.quorum
+
+    @staticmethod
+    def _token(token: Any) -> str:
+        """A token given back to release by: the non-empty text a handle's ``token`` is."""
+        if not isinstance(token, str) or not token:
+            raise ConfigurationError("token must be a non-empty string")
+        if not token.isascii():
+            check_utf8(token, "token")
+        return token
 
     def _request(
         self,
@@ -246,9 +266,31 @@ class HandleBase(Generic[M]):
                 return None
         return ttl
 
-    def _renewed(self, lease: _quorum.Lease) -> float:
-        """Record a successful renewal; returns the delay before the next one."""
-        self._lease = lease
+    def _extension(self, ttl: float) -> _quorum.Algorithm:
+        """The extend algorithm for this lease, believing the shorter validity already.
+
+        Masters may apply an extend before we hear of it, or with the round cut off
+        (cancelled, interrupted) without our ever hearing: from its start, the handle
+        believes only what an unknown outcome allows (:func:`_quorum.unsure`, counted from
+        a moment before the round's own start); :meth:`_extended` then records the result.
+        """
+        m = self._manager
+        lease = self._lease
+        self._lease = _quorum.unsure(lease, m.clock(), ttl, m.policy.drift_factor)
+        return _quorum.extend(lease, ttl, m.policy, m._ctx)
+
+    def _extended(self, extension: _quorum.Extension) -> float:
+        """Record what an explicit extend left us; the new validity, or its error raised."""
+        self._lease = extension.lease
+        if extension.error is not None:
+            raise extension.error
+        return self.validity
+
+    def _renewed(self, extension: _quorum.Extension) -> float | None:
+        """Record a renewal's result; the delay before the next one, or None when lost."""
+        self._lease = extension.lease
+        if extension.error is not None:
+            return self._renewal_failed(extension.error)
         assert self._renewal is not None
         return self._renewal.every
 

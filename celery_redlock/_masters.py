@@ -215,11 +215,39 @@ def _from_client(client: Any) -> tuple[type[Any], dict[str, Any]]:
 
 
 def _from_mapping(options: Mapping[str, Any]) -> tuple[type[Any], dict[str, Any]]:
+    _check_address(options)
     try:
         client = redis.Redis(**dict(options))
     except TypeError as exc:
         raise ConfigurationError(f"master options are not redis-py arguments: {exc}") from None
     return _from_client(client)
+
+
+def _check_address(options: Mapping[str, Any]) -> None:
+    """The arguments redis-py reads only when it connects, checked now: a wrong host, port
+    or db would otherwise show as an outage of that master, not as the mistake it is."""
+    if options.get("unix_socket_path") is None:
+        host = options.get("host", "localhost")
+        if not isinstance(host, str) or not host.strip():
+            raise ConfigurationError(
+                f"master option host must be a host name or address, not {host!r}"
+            )
+        _check_whole(options, "port", 6379, 1, 65535)
+    _check_whole(options, "db", 0, 0, None)
+
+
+def _check_whole(
+    options: Mapping[str, Any], name: str, default: int, low: int, high: int | None
+) -> None:
+    """A whole-number option (an int, or its digits as redis-py accepts) within bounds."""
+    value = options.get(name, default)
+    number = int(value) if isinstance(value, str) and value.strip().isdigit() else value
+    fits = isinstance(number, int) and not isinstance(number, bool)
+    if fits and low <= number and (high is None or number <= high):
+        return
+    shown = "a huge number" if fits and number.bit_length() > 64 else repr(value)
+    span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+    raise ConfigurationError(f"master option {name} must be a whole number {span}, not {shown}")
 
 
 def _accepted(connection_class: type[Any]) -> set[str]:
@@ -312,9 +340,15 @@ def seconds(value: Any, setting: str, *, allow_zero: bool = False) -> float:
         raise ConfigurationError(
             f"{setting} must be a number of seconds or a timedelta, not {type(value).__name__}"
         )
-    total = float(total)
+    bound = "at least 0" if allow_zero else "more than 0"
+    try:
+        total = float(total)
+    except OverflowError:  # an int beyond a float (its digits may be too many to print)
+        raise ConfigurationError(
+            f"{setting} must be finite and {bound} seconds, got an int of"
+            f" {int(total).bit_length()} bits"
+        ) from None
     if math.isnan(total) or math.isinf(total) or total < 0 or (total == 0 and not allow_zero):
-        bound = "at least 0" if allow_zero else "more than 0"
         raise ConfigurationError(f"{setting} must be finite and {bound} seconds, got {value!r}")
     return total
 

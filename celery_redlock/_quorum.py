@@ -502,36 +502,71 @@ def _undo(key: str, token: str, votes: Sequence[Vote]) -> Algorithm:
         yield Round(Call(Verb.UNDO, key, token), wait=False, targets=maybe)
 
 
-def extend(lease: Lease, ttl: float, policy: Policy, ctx: Context) -> Algorithm:
-    """Re-arm our key to ``ttl`` on a quorum; returns the renewed :class:`Lease`.
+class Extension(NamedTuple):
+    """What an extend leaves its holder with: ``lease`` is all the holder may now believe,
+    and ``error`` says why it was not renewed (None when it was).
 
-    Raises :class:`LockLost` when the lease already expired or too many masters no
-    longer hold our token for a quorum ever to vouch for it again, and
-    :class:`QuorumUnavailable` when too few answered to tell (the old validity stands).
+    Renewed: the new lease. Outcome unknown (:class:`QuorumUnavailable`): see
+    :func:`unsure`. Lost (:class:`LockLost`): a lease with no validity left.
     """
-    if ctx.clock() >= lease.valid_until:
-        raise LockLost(
-            f"lock on {lease.resource!r} expired before it was extended", resource=lease.resource
-        )
+
+    lease: Lease
+    error: LockLost | QuorumUnavailable | None = None
+
+
+def unsure(lease: Lease, start: float, ttl: float, drift_factor: float) -> Lease:
+    """The lease to believe after an extend to ``ttl``, begun at ``start``, whose outcome
+    is unknown: the shorter of the old validity and the one asked for.
+
+    Masters that answered late (or not at all) may still have applied it: re-armed to a
+    shorter TTL, their keys expire before the old validity ends, and another client can
+    take the lock while the holder would otherwise still believe it valid. Counting from
+    ``start`` (before the round) is what makes the new bound safe, as in
+    :func:`valid_until`. A longer TTL applied unseen changes nothing: the old validity,
+    which the shorter bound then is, still holds.
+    """
+    until = min(lease.valid_until, valid_until(start, ttl, drift_factor))
+    return lease._replace(valid_until=until)
+
+
+def extend(lease: Lease, ttl: float, policy: Policy, ctx: Context) -> Algorithm:
+    """Re-arm our key to ``ttl`` on a quorum; returns an :class:`Extension`, never raises.
+
+    Its error is :class:`LockLost` when the lease already expired or too many masters no
+    longer hold our token for a quorum ever to vouch for it again, and
+    :class:`QuorumUnavailable` when too few answered to tell (then only the shorter of the
+    old and the new validity stands: :func:`unsure`).
+    """
     start = ctx.clock()
+    if start >= lease.valid_until:
+        return Extension(
+            lease,
+            LockLost(
+                f"lock on {lease.resource!r} expired before it was extended",
+                resource=lease.resource,
+            ),
+        )
     votes = yield Round(Call(Verb.EXTEND, lease.key, lease.token, ttl_ms(ttl)))
     tally = Tally.of(votes, policy.masters)
     until = valid_until(start, ttl, policy.drift_factor)
-    if tally.yes >= policy.quorum and ctx.clock() < until:
-        return lease._replace(ttl=ttl, valid_until=until, votes=tuple(votes))
-    if tally.no > policy.masters - policy.quorum or ctx.clock() >= lease.valid_until:
-        raise LockLost(
+    now = ctx.clock()
+    if tally.yes >= policy.quorum and now < until:
+        return Extension(lease._replace(ttl=ttl, valid_until=until, votes=tuple(votes)))
+    if tally.no > policy.masters - policy.quorum or now >= lease.valid_until:
+        lost = LockLost(
             f"lock on {lease.resource!r} is lost: {tally.no} of {policy.masters} masters"
             " no longer hold it",
             resource=lease.resource,
             votes=votes,
         )
-    raise QuorumUnavailable(
+        return Extension(lease._replace(valid_until=min(lease.valid_until, start)), lost)
+    unknown = QuorumUnavailable(
         f"too few masters answered to extend {lease.resource!r}"
         f" ({tally.yes} yes of {policy.quorum} needed)",
         resource=lease.resource,
         votes=votes,
     )
+    return Extension(unsure(lease, start, ttl, policy.drift_factor), unknown)
 
 
 def release(key: str, token: str, policy: Policy) -> Algorithm:

@@ -67,56 +67,106 @@ def pack(args: Sequence[str | bytes | int]) -> bytes:
     return b"*%d\r\n" % len(data) + b"".join([b"$%d\r\n%s\r\n" % (len(d), d) for d in data])
 
 
+#: Deepest nesting of arrays a reply may have: ours have one level, RESP3 pushes two.
+MAX_DEPTH = 8
+
+#: Longest bulk string Redis can send (its ``proto-max-bulk-len`` ceiling, 512 MB).
+MAX_BULK = 512 * 1024 * 1024
+
+#: Most elements an array may announce (hiredis's limit).
+MAX_ARRAY = 2**32 - 1
+
+
 class PyReader:
     """A RESP2 reader (plus RESP3's null, boolean and double), for replies to the few
-    commands the driver sends; anything else is a protocol error."""
+    commands the driver sends; anything else is a protocol error.
+
+    Iterative and resumable: ``gets`` parses what is buffered once, keeping the arrays
+    still open on a stack and the position it reached, so a reply fed in many pieces
+    costs its length, not its length times the pieces, and a deeply nested reply from a
+    misbehaving master is a protocol error (past :data:`MAX_DEPTH`), not a RecursionError.
+    """
+
+    __slots__ = ("_buf", "_pos", "_scanned", "_stack")
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._pos = 0  # where the next element starts in _buf
+        self._scanned = 0  # _buf up to here holds no CRLF at or after _pos
+        self._stack: list[tuple[int, list[Any]]] = []  # open arrays: (items announced, items)
 
     def feed(self, data: bytes, /) -> None:
         self._buf += data
 
     def gets(self) -> Any:
-        parsed = self._parse(0)
-        if parsed is None:
-            return INCOMPLETE
-        reply, end = parsed
-        del self._buf[:end]
-        return reply
-
-    def _parse(self, pos: int) -> tuple[Any, int] | None:
-        """The reply starting at ``pos`` and where it ends, or None if not all here yet."""
-        buf = self._buf
-        eol = buf.find(b"\r\n", pos)
-        if eol < 0:
-            return None
-        kind, line, after = buf[pos], bytes(buf[pos + 1 : eol]), eol + 2
-        try:
-            simple = _SIMPLE.get(kind)
-            if simple is not None:
-                return simple(line), after
-            size = int(line)
-        except ValueError:
-            raise InvalidResponse(f"protocol error: {bytes(buf[pos:eol])!r}") from None
-        if size < 0 and kind in (_BULK, _ARRAY):
-            return None, after  # RESP2's null bulk string and null array
-        if kind == _BULK:
-            end = after + size
-            return (bytes(buf[after:end]), end + 2) if len(buf) >= end + 2 else None
-        if kind == _ARRAY:
-            items = []
-            for _ in range(size):
-                parsed = self._parse(after)
-                if parsed is None:
-                    return None
-                item, after = parsed
+        stack = self._stack
+        while True:
+            item = self._element()
+            if item is INCOMPLETE:
+                return INCOMPLETE
+            while True:
+                if not stack:
+                    del self._buf[: self._pos]
+                    self._pos = self._scanned = 0
+                    return item
+                size, items = stack[-1]
                 items.append(item)
-            return items, after
-        raise InvalidResponse(f"protocol error: unexpected reply type {bytes([kind])!r}")
+                if len(items) < size:
+                    break  # the array goes on: read its next element
+                stack.pop()
+                item = items
+
+    def _element(self) -> Any:
+        """The next whole scalar, null or empty array, or INCOMPLETE; arrays it meets on the
+        way are opened on the stack (their elements follow). A line not all here yet is
+        searched again only from where the last search stopped."""
+        buf = self._buf
+        while True:
+            pos = self._pos
+            eol = buf.find(b"\r\n", pos if self._scanned <= pos else self._scanned - 1)
+            if eol < 0:
+                self._scanned = len(buf)
+                return INCOMPLETE
+            self._pos = eol + 2
+            kind, body = buf[pos], bytes(buf[pos + 1 : eol])
+            simple = _SIMPLE.get(kind)
+            try:
+                if simple is not None:
+                    return simple(body)
+                size = int(body) if kind in _SIZED else _unknown(kind)
+            except ValueError:
+                raise InvalidResponse(f"protocol error: {bytes([kind]) + body!r}") from None
+            if size < -1 or size > (MAX_BULK if kind == _BULK else MAX_ARRAY):
+                raise InvalidResponse(f"protocol error: length {size} out of range")
+            if kind == _BULK:
+                return self._bulk(pos, size)
+            if size <= 0:
+                return None if size < 0 else []  # RESP2's null array, or an empty one
+            if len(self._stack) >= MAX_DEPTH:
+                raise InvalidResponse(f"protocol error: arrays nested deeper than {MAX_DEPTH}")
+            self._stack.append((size, []))
+
+    def _bulk(self, header: int, size: int) -> Any:
+        """The bulk string whose ``size`` was just read (from the line at ``header``)."""
+        if size < 0:
+            return None
+        begin = self._pos
+        end = begin + size
+        if len(self._buf) < end + 2:
+            self._pos = header  # read the header again once the data is here
+            return INCOMPLETE
+        if self._buf[end : end + 2] != b"\r\n":
+            raise InvalidResponse("protocol error: bulk string not ended by CRLF")
+        self._pos = end + 2
+        return bytes(self._buf[begin:end])
+
+
+def _unknown(kind: int) -> int:
+    raise InvalidResponse(f'Protocol error, got "{chr(kind)}" as reply type byte')
 
 
 _BULK, _ARRAY = ord("$"), ord("*")
+_SIZED = (_BULK, _ARRAY)
 
 #: One-line replies: simple string, error, integer, and RESP3's null, boolean and double.
 _SIMPLE: dict[int, Callable[[bytes], Any]] = {

@@ -390,7 +390,9 @@ class Call(NamedTuple):
         if verb is Verb.PEEK:
             if reply is None:
                 return REFUSED
-            return Reply(Outcome.YES, owner=bytes(reply).decode(errors="replace").partition(":")[2])
+            if not isinstance(reply, bytes):  # bytes(n) of an integer reply would allocate n
+                raise TypeError(f"GET answered a {type(reply).__name__}, not a string")
+            return Reply(Outcome.YES, owner=reply.decode(errors="replace").partition(":")[2])
         if verb is Verb.INSPECT:
             # PTTL: -2 no key, -1 key without expiry (not ours, but it does block), else ms.
             held = int(reply) != -2

@@ -26,13 +26,11 @@ import redis.asyncio.connection as aconn
 from redis.exceptions import InvalidResponse, ResponseError
 
 from celery_redlock import _quorum
-from celery_redlock._base import HandleBase, ManagerBase, Renewal, Seconds
+from celery_redlock._base import HandleBase, ManagerBase, Renewal, Seconds, unexpected
 from celery_redlock._masters import Identities, MasterSpec
 from celery_redlock._quorum import Listen, Round, Vote
 from celery_redlock._scripts import Call, Outcome, identify, is_noscript, loads, server_facts
 from celery_redlock.exceptions import (
-    ConfigurationError,
-    LockError,
     LockLost,
     LockNotAcquired,
 )
@@ -46,6 +44,18 @@ _IO_ERRORS = (
     OSError,
     asyncio.TimeoutError,
 )
+
+#: What redis-py's pure-Python reader raises on some malformed replies, besides
+#: InvalidResponse: ValueError for a bad number, RecursionError for deep nesting.
+_MALFORMED = (ValueError, RecursionError)
+
+
+def _protocol_error(exc: BaseException) -> InvalidResponse:
+    """A malformed reply, named as the sync driver's readers name it."""
+    if isinstance(exc, RecursionError):
+        return InvalidResponse("protocol error: arrays nested too deep")
+    return InvalidResponse(f"protocol error: {exc}")
+
 
 #: Sent on every new connection (see ``_scripts.loads`` and ``_scripts.identify``).
 _LOADS = loads()
@@ -186,7 +196,9 @@ class _Driver:
         return Vote(m._specs[i].name, Outcome.ERROR, error=error)
 
     async def _exchange(self, i: int, call: Call, deadline: float) -> Vote:
-        """One call to master ``i`` on a connection of its own; never raises."""
+        """One call to master ``i`` on a connection of its own; never raises (cancellation
+        aside): whatever the master answers, malformed or not, is its vote, in the sync
+        driver's words where the readers allow."""
         m = self._m
         name = m._specs[i].name
         conn = self._idle[i].pop() if self._idle[i] else self._factories[i]()
@@ -197,6 +209,8 @@ class _Driver:
             return Vote(name, Outcome.ERROR, error=f"{type(exc).__name__}: {exc}")
         except _IO_ERRORS as exc:
             return await self._failed(i, conn, exc, "no reply in time")
+        except _MALFORMED as exc:
+            return await self._failed(i, conn, _protocol_error(exc), "malformed reply")
         except BaseException:
             await conn.disconnect()
             raise
@@ -205,7 +219,10 @@ class _Driver:
         problem = self._identities.problems[i]
         if problem is not None:
             return Vote(name, Outcome.ERROR, error=problem)  # evicts, or is another master
-        parsed = call.parse(reply)
+        try:
+            parsed = call.parse(reply)
+        except Exception as exc:  # any malformed reply is an ERROR vote
+            return Vote(name, Outcome.ERROR, error=unexpected(reply, exc))
         return Vote(
             name, parsed.outcome, parsed.pttl_ms, parsed.note, parsed.owner, parsed.guard_ms
         )
@@ -370,16 +387,15 @@ class AsyncLock(HandleBase["AsyncRedlock"]):
         return self._manager._released(self.resource, released, votes)
 
     async def extend(self, ttl: Seconds | None = None) -> float:
-        """Re-arm the lock to ``ttl`` seconds (default: its TTL); returns the new validity."""
+        """Re-arm the lock to ``ttl`` seconds (default: its TTL); returns the new validity.
+
+        Errors and the validity after them as in :meth:`Lock.extend`.
+        """
         async with self._mutex:
             if self._released:
                 raise LockLost(f"lock on {self.resource!r} was released", resource=self.resource)
             new_ttl = self._ttl if ttl is None else self._manager.settings.ttl(ttl)
-            m = self._manager
-            self._lease = await m._driver.run(
-                _quorum.extend(self._lease, new_ttl, m.policy, m._ctx)
-            )
-            return self.validity
+            return self._extended(await self._manager._driver.run(self._extension(new_ttl)))
 
     async def _renew_forever(self, delay: float) -> None:
         while True:
@@ -388,13 +404,7 @@ class AsyncLock(HandleBase["AsyncRedlock"]):
                 ttl = self._next_ttl()
                 if ttl is None:
                     return
-                m = self._manager
-                try:
-                    lease = await m._driver.run(_quorum.extend(self._lease, ttl, m.policy, m._ctx))
-                except LockError as exc:
-                    next_delay = self._renewal_failed(exc)
-                else:
-                    next_delay = self._renewed(lease)
+                next_delay = self._renewed(await self._manager._driver.run(self._extension(ttl)))
             if next_delay is None:
                 return
             delay = next_delay
@@ -464,9 +474,8 @@ class AsyncRedlock(ManagerBase):
 
     async def release(self, resource: str, token: str) -> bool:
         """Release by ``(resource, token)``; only keys holding exactly this token go."""
-        if not isinstance(token, str) or not token:
-            raise ConfigurationError("token must be a non-empty string")
         key = self.settings.key(resource)
+        token = self._token(token)
         released, votes = await self._driver.run(_quorum.release(key, token, self.policy))
         return self._released(resource, released, votes)
 

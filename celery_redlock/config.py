@@ -20,6 +20,13 @@ __all__ = ["LockSettings"]
 #: Longest resource name we accept: keys are compared and sent on every round.
 MAX_RESOURCE_LENGTH = 1024
 
+#: Longest TTL (and restart guard), in seconds: 2**53 ms, the most whole milliseconds a
+#: float holds exactly (ours, and the numbers of Redis's Lua), so a TTL reaches every
+#: master as given. Redis's own limit is higher but moves: SET PX and PEXPIRE refuse a
+#: TTL that, added to the master's clock in ms, passes 2**63 - 1 (and the reply is an
+#: error vote from every master: an outage, not a mistake). About 285,000 years.
+MAX_TTL = 2**53 / 1000
+
 
 @dataclass(frozen=True, slots=True, init=False)
 class LockSettings:
@@ -60,25 +67,31 @@ class LockSettings:
         if isinstance(retry_count, bool) or not isinstance(retry_count, int):
             raise ConfigurationError(f"retry_count must be an int, got {retry_count!r}")
         if not 0 <= retry_count <= 1000:
-            raise ConfigurationError(f"retry_count must be 0 to 1000, got {retry_count}")
-        bad = isinstance(drift_factor, bool) or not isinstance(drift_factor, (int, float))
-        if bad or math.isnan(drift_factor) or not 0 <= drift_factor < 0.5:
-            raise ConfigurationError(
-                f"drift_factor must be a number from 0 to below 0.5, got {drift_factor!r}"
-            )
+            raise ConfigurationError(f"retry_count must be 0 to 1000, got {_shown(retry_count)}")
         if not isinstance(key_prefix, str):
             raise ConfigurationError(f"key_prefix must be a string, got {key_prefix!r}")
+        check_utf8(key_prefix, "key_prefix")
         object.__setattr__(self, "master_timeout", _bounded(master_timeout, "master_timeout"))
         object.__setattr__(self, "retry_count", retry_count)
         object.__setattr__(self, "retry_delay", _bounded(retry_delay, "retry_delay", zero=True))
-        object.__setattr__(self, "drift_factor", float(drift_factor))
+        object.__setattr__(self, "drift_factor", _drift_factor(drift_factor))
         object.__setattr__(self, "key_prefix", key_prefix)
         guard = seconds(restart_guard, "restart_guard", allow_zero=True)
+        if guard > MAX_TTL:
+            raise ConfigurationError(
+                f"restart_guard {guard} s is beyond the longest TTL ({MAX_TTL:.0f} s)"
+            )
         object.__setattr__(self, "restart_guard", guard)
 
     def ttl(self, value: float | timedelta) -> float:
-        """A TTL in seconds, checked to leave room for a round and the drift allowance."""
+        """A TTL in seconds, checked to leave room for a round and the drift allowance,
+        within the restart guard, and at most :data:`MAX_TTL`."""
         ttl = seconds(value, "ttl")
+        if ttl > MAX_TTL:
+            raise ConfigurationError(
+                f"ttl {ttl} s is beyond the longest TTL ({MAX_TTL:.0f} s, 2**53 ms): Redis"
+                " would refuse it, or round it"
+            )
         floor = self.master_timeout + ttl * self.drift_factor + 0.002
         if ttl <= floor:
             raise ConfigurationError(
@@ -103,7 +116,41 @@ class LockSettings:
             raise ConfigurationError(
                 f"resource is {len(resource)} characters; at most {MAX_RESOURCE_LENGTH}"
             )
+        if not resource.isascii():
+            check_utf8(resource, "resource")
         return self.key_prefix + resource
+
+
+def check_utf8(text: str, name: str) -> None:
+    """Refuse text with no UTF-8 form (a lone surrogate, e.g. from a file name decoded
+    with ``surrogateescape``): it could not be sent to a master."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(
+            f"{name} has no UTF-8 form: {exc.reason} at position {exc.start}"
+            f" ({text[exc.start : exc.end]!r})"
+        ) from None
+
+
+def _drift_factor(value: Any) -> float:
+    bad = isinstance(value, bool) or not isinstance(value, (int, float))
+    try:
+        factor = math.nan if bad else float(value)
+    except OverflowError:
+        factor = math.nan
+    if math.isnan(factor) or not 0 <= factor < 0.5:
+        raise ConfigurationError(
+            f"drift_factor must be a number from 0 to below 0.5, got {_shown(value)}"
+        )
+    return factor
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, but a huge int by its size (too many digits even to print)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an int of {value.bit_length()} bits"
+    return repr(value)
 
 
 #: No per-master timeout or retry delay is this long on purpose: a larger value is almost

@@ -41,7 +41,7 @@ import redis
 from redis.exceptions import InvalidResponse, RedisError
 
 from celery_redlock import _quorum, _resp
-from celery_redlock._base import HandleBase, ManagerBase, Seconds
+from celery_redlock._base import HandleBase, ManagerBase, Seconds, unexpected
 from celery_redlock._masters import Identities, MasterSpec
 from celery_redlock._quorum import Listen, Round, Vote
 from celery_redlock._resp import INCOMPLETE
@@ -54,7 +54,7 @@ from celery_redlock._scripts import (
     loads,
     server_facts,
 )
-from celery_redlock.exceptions import ConfigurationError, LockError, LockLost, LockNotAcquired
+from celery_redlock.exceptions import LockLost, LockNotAcquired
 
 __all__ = ["Lock", "Redlock"]
 
@@ -495,8 +495,8 @@ class _Driver:
             return Vote(name, Outcome.ERROR, error=problem)  # evicts, or is another master
         try:
             parsed = call.parse(reply)
-        except (TypeError, ValueError, KeyError) as exc:
-            return Vote(name, Outcome.ERROR, error=f"unexpected reply {reply!r}: {exc}")
+        except Exception as exc:  # any malformed reply is an ERROR vote
+            return Vote(name, Outcome.ERROR, error=unexpected(reply, exc))
         if parsed is GRANTED:
             return self._granted[i]  # the usual answer, made once per master
         outcome, pttl_ms, owner, note, guard_ms = parsed
@@ -639,16 +639,16 @@ class Lock(HandleBase["Redlock"]):
     def extend(self, ttl: Seconds | None = None) -> float:
         """Re-arm the lock to ``ttl`` seconds (default: its TTL); returns the new validity.
 
-        Raises :class:`LockLost` when it is no longer ours, :class:`QuorumUnavailable` when
-        too few masters answered (the previous validity still stands).
+        Raises :class:`LockLost` when it is no longer ours (the handle turns invalid),
+        :class:`QuorumUnavailable` when too few masters answered in time: then the
+        validity is the shorter of the previous one and ``ttl`` from before the call,
+        since late answers may have applied it.
         """
         with self._mutex:
             if self._released:
                 raise LockLost(f"lock on {self.resource!r} was released", resource=self.resource)
             new_ttl = self._ttl if ttl is None else self._manager.settings.ttl(ttl)
-            m = self._manager
-            self._lease = m._driver.run(_quorum.extend(self._lease, new_ttl, m.policy, m._ctx))
-            return self.validity
+            return self._extended(self._manager._driver.run(self._extension(new_ttl)))
 
     def _renew(self) -> float | None:
         """One renewal by the watchdog; the delay before the next, or None to stop."""
@@ -656,12 +656,7 @@ class Lock(HandleBase["Redlock"]):
             ttl = self._next_ttl()
             if ttl is None:
                 return None
-            m = self._manager
-            try:
-                lease = m._driver.run(_quorum.extend(self._lease, ttl, m.policy, m._ctx))
-            except LockError as exc:
-                return self._renewal_failed(exc)
-            return self._renewed(lease)
+            return self._renewed(self._manager._driver.run(self._extension(ttl)))
 
     def __enter__(self) -> Lock:
         return self
@@ -854,9 +849,8 @@ class Redlock(ManagerBase):
 
         Only keys holding exactly this token are deleted; True when a quorum was.
         """
-        if not isinstance(token, str) or not token:
-            raise ConfigurationError("token must be a non-empty string")
         key = self.settings.key(resource)
+        token = self._token(token)
         released, votes = self._driver.run(_quorum.release(key, token, self.policy))
         return self._released(resource, released, votes)
 

@@ -19,10 +19,12 @@ from celery_redlock._scripts import Call, Outcome, Verb
 
 @dataclass
 class SimMaster:
-    """One master's keys: key -> (token, expiry on the virtual clock)."""
+    """One master's keys: key -> (token, expiry on the virtual clock). A ``late`` master
+    applies every call but answers after the round gave up on it (an ERROR vote)."""
 
     name: str
     up: bool = True
+    late: bool = False
     keys: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     def live(self, key: str, now: float) -> str | None:
@@ -35,6 +37,10 @@ class SimMaster:
     def apply(self, call: Call, now: float) -> Vote:
         if not self.up:
             return Vote(self.name, Outcome.ERROR, error="down")
+        vote = self._apply(call, now)
+        return Vote(self.name, Outcome.ERROR, error="no reply in time") if self.late else vote
+
+    def _apply(self, call: Call, now: float) -> Vote:
         holder = self.live(call.key, now)
         ttl = call.ttl_ms / 1000
         if call.verb in (Verb.ACQUIRE, Verb.QUEUED):  # the line of waiters is not modelled

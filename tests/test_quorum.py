@@ -156,11 +156,13 @@ def test_extend_renews_and_fails_cleanly_once_lost() -> None:
     policy, ctx = sim.policy(), sim.context()
     lease = sim.run(_quorum.acquire(request(), policy, ctx))
     renewed = sim.run(_quorum.extend(lease, 20.0, policy, ctx))
-    assert renewed.valid_until > lease.valid_until
+    assert renewed.error is None
+    assert renewed.lease.valid_until > lease.valid_until
     for m in sim.masters[:2]:
         m.keys.clear()
-    with pytest.raises(LockLost):
-        sim.run(_quorum.extend(renewed, 20.0, policy, ctx))
+    lost = sim.run(_quorum.extend(renewed.lease, 20.0, policy, ctx))
+    assert isinstance(lost.error, LockLost)
+    assert lost.lease.valid_until <= sim.now  # a lost lock is believed by nobody
 
 
 def test_extend_after_expiry_fails_without_a_round() -> None:
@@ -169,8 +171,9 @@ def test_extend_after_expiry_fails_without_a_round() -> None:
     lease = sim.run(_quorum.acquire(request(), policy, ctx))
     sim.now += 11
     rounds = len(sim.rounds)
-    with pytest.raises(LockLost, match="expired"):
-        sim.run(_quorum.extend(lease, 10.0, policy, ctx))
+    extension = sim.run(_quorum.extend(lease, 10.0, policy, ctx))
+    assert isinstance(extension.error, LockLost)
+    assert "expired" in str(extension.error)
     assert len(sim.rounds) == rounds
 
 
@@ -180,7 +183,7 @@ def test_extend_never_resurrects_an_expired_key() -> None:
     lease = sim.run(_quorum.acquire(request(), policy, ctx))
     sim.masters[0].keys.clear()  # one master lost it
     renewed = sim.run(_quorum.extend(lease, 10.0, policy, ctx))
-    assert renewed is not None
+    assert renewed.error is None
     assert sim.masters[0].live("k:res", sim.now) is None
 
 
@@ -189,8 +192,40 @@ def test_extend_with_masters_down_is_an_outage_not_a_loss() -> None:
     policy, ctx = sim.policy(), sim.context()
     lease = sim.run(_quorum.acquire(request(), policy, ctx))
     sim.masters[0].up = sim.masters[1].up = False
-    with pytest.raises(QuorumUnavailable):
-        sim.run(_quorum.extend(lease, 10.0, policy, ctx))
+    extension = sim.run(_quorum.extend(lease, 10.0, policy, ctx))
+    assert isinstance(extension.error, QuorumUnavailable)
+    assert extension.lease == lease  # nothing was applied: the old validity stands
+
+
+def test_a_shortened_extend_answered_late_leaves_only_the_shorter_validity() -> None:
+    """The masters applied the shorter TTL but their replies came too late: the holder
+    must stop believing before their keys expire and another client can take the lock."""
+    sim = SimCluster(3)
+    policy, ctx = sim.policy(), sim.context()
+    lease = sim.run(_quorum.acquire(request(), policy, ctx))  # ttl 10
+    for m in sim.masters:
+        m.late = True
+    start = sim.now
+    extension = sim.run(_quorum.extend(lease, 1.0, policy, ctx))
+    assert isinstance(extension.error, QuorumUnavailable)
+    assert extension.lease.valid_until == _quorum.valid_until(start, 1.0, policy.drift_factor)
+    for m in sim.masters:
+        m.late = False
+    sim.now = extension.lease.valid_until  # the holder's belief ends while...
+    assert sim.run(_quorum.acquire(request(), policy, ctx)) is None  # ...the keys still live
+    sim.now = start + 1.0 + 0.01  # once they expired, another client takes the lock
+    assert sim.run(_quorum.acquire(request(), policy, ctx)) is not None
+
+
+def test_a_longer_extend_that_fails_keeps_the_old_validity() -> None:
+    sim = SimCluster(3)
+    policy, ctx = sim.policy(), sim.context()
+    lease = sim.run(_quorum.acquire(request(), policy, ctx))
+    for m in sim.masters:
+        m.late = True
+    extension = sim.run(_quorum.extend(lease, 20.0, policy, ctx))
+    assert isinstance(extension.error, QuorumUnavailable)
+    assert extension.lease.valid_until == lease.valid_until
 
 
 def test_release_never_deletes_another_holders_key() -> None:

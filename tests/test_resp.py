@@ -126,3 +126,46 @@ def test_the_driver_on_the_pure_reader(monkeypatch: pytest.MonkeyPatch) -> None:
         assert lock.extend(5) > 4
         assert lock.release()
         assert not dlm.locked(resource)
+
+
+@pytest.mark.parametrize("depth", [9, 100_000])
+def test_a_reply_nested_too_deep_is_a_protocol_error_not_a_recursion_error(depth: int) -> None:
+    reader = PyReader()
+    reader.feed(b"*1\r\n" * depth + b":1\r\n")
+    with pytest.raises(InvalidResponse, match="nested deeper than 8"):
+        reader.gets()
+
+
+def test_nesting_up_to_the_bound_reads_as_hiredis_reads_it() -> None:
+    data = b"*2\r\n" * 8 + b":1\r\n" + b":2\r\n" * 8
+    ours = PyReader()
+    ours.feed(data)
+    assert ours.gets() == _parse_whole(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"$-2\r\n", b"*-2\r\n", b"$536870913\r\n", b"*4294967296\r\n", b"$3\r\nabcXY", b"\r\n"],
+)
+def test_impossible_lengths_and_framing_are_protocol_errors(data: bytes) -> None:
+    reader = PyReader()
+    reader.feed(data)
+    with pytest.raises(InvalidResponse):
+        reader.gets()
+
+
+def test_a_reply_fed_in_pieces_is_parsed_once_not_again_per_piece() -> None:
+    """The elements already read stay read: each feed parses only what is new."""
+    items = [b"$5\r\nitem%d\r\n" % (i % 10) for i in range(1000)]
+    reader = PyReader()
+    reader.feed(b"*1000\r\n")
+    for n, item in enumerate(items[:-1], 1):
+        reader.feed(item)
+        assert reader.gets() is INCOMPLETE
+        assert len(reader._stack[-1][1]) == n  # kept, not thrown away and parsed again
+    reader.feed(items[-1][:3])
+    assert reader.gets() is INCOMPLETE
+    reader.feed(items[-1][3:] + b":7\r\n")
+    assert reader.gets() == [b"item%d" % (i % 10) for i in range(1000)]
+    assert reader.gets() == 7
+    assert reader.gets() is INCOMPLETE

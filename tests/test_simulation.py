@@ -72,6 +72,17 @@ def test_the_guard_closes_exactly_the_schedules_that_broke_without_it() -> None:
     assert not explore("restart-guarded", broken, BUDGET).failing
 
 
+def test_an_unknown_extend_believed_in_full_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Holders that keep their old validity after a shortened extend that timed out (the
+    masters applied it unseen) overlap with the next holder, and the checker sees it;
+    the same seeds are safe with the rule (``_quorum.unsure``) in force."""
+    monkeypatch.setattr(_quorum, "unsure", lambda lease, *_args: lease)
+    broken = [r.seed for r in explore("safe", seeds("safe"), BUDGET).failing]
+    assert broken, "believing a timed-out shortened extend went unnoticed: the checker is blind"
+    monkeypatch.undo()
+    assert not explore("safe", broken, BUDGET).failing
+
+
 # --- replay ---------------------------------------------------------------------------------
 
 

@@ -1,0 +1,124 @@
+"""A misbehaving master: a real TCP server on loopback that speaks just enough RESP to be
+connected to (SCRIPT LOAD, INFO, anything else +OK), then answers every lock call
+(EVALSHA, EVAL) with one crafted bad reply."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import socket
+import sys
+import threading
+from types import TracebackType
+
+from celery_redlock._resp import PyReader
+
+#: The bad replies, by name; ``truncated`` is sent and then the connection is closed.
+REPLIES = {
+    "deep": b"*1\r\n" * 100_000 + b":1\r\n",
+    "wrong-type": b"+OK\r\n",
+    "wrong-shape": b"*3\r\n$3\r\nabc\r\n:1\r\n*1\r\n:2\r\n",
+    "garbage": b"HTTP/1.1 400 Bad Request\r\n\r\n",
+    "bad-number": b"*2\r\n:1x\r\n:0\r\n",
+    "huge-bulk": b"$99999999999\r\n",
+    "truncated": b"*2\r\n:1\r\n",
+}
+
+
+class BadMaster:
+    """Listens on 127.0.0.1 and a free port; one thread per connection."""
+
+    def __init__(self, reply: str) -> None:
+        self.reply = REPLIES[reply]
+        self.close_after = reply == "truncated"
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._threads: list[threading.Thread] = []
+        self._conns: list[socket.socket] = []
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def __enter__(self) -> BadMaster:
+        thread = threading.Thread(target=self._accept, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closed = True
+        for sock in (self._sock, *self._conns):  # shutdown wakes a thread blocked on it
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for thread in self._threads:
+            thread.join(5)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                conn, _addr = self._sock.accept()
+            except OSError:
+                return
+            self._conns.append(conn)
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _serve(self, conn: socket.socket) -> None:
+        reader = PyReader()
+        try:
+            while data := conn.recv(65536):
+                reader.feed(data)
+                while isinstance(command := reader.gets(), list):
+                    conn.sendall(self._answer(command))
+                    if self.close_after and command[0].upper() in (b"EVALSHA", b"EVAL"):
+                        conn.close()
+                        return
+        except OSError:
+            return
+
+    def _answer(self, command: list[bytes]) -> bytes:
+        name = command[0].upper()
+        if name == b"SCRIPT":
+            sha = hashlib.sha1(command[2], usedforsecurity=False).hexdigest().encode()
+            return b"$40\r\n%s\r\n" % sha
+        if name == b"INFO":
+            info = b"# Server\r\nredis_version:7.0.0\r\nrun_id:%040d\r\n" % self.port
+            return b"$%d\r\n%s\r\n" % (len(info), info)
+        if name in (b"EVALSHA", b"EVAL"):
+            return self.reply
+        return b"+OK\r\n"
+
+
+async def async_votes(urls: list[str]) -> list[list[str]]:
+    """Acquire and release ``r`` with AsyncRedlock; each round's votes as (outcome, error)."""
+    from celery_redlock import AsyncRedlock
+
+    async with AsyncRedlock(urls, master_timeout=2.0, retry_count=0) as dlm:
+        lock = await dlm.acquire("r", 5)
+        assert lock is not None
+        votes = [[v.outcome.value, v.error or ""] for v in lock.votes]
+        assert await lock.release()
+        return votes
+
+
+#: Runs :func:`async_votes` in a Python without hiredis (argv: the master URLs).
+WITHOUT_HIREDIS = (
+    "import sys, runpy; sys.modules['hiredis'] = None;"
+    " runpy.run_module('tests.bad_master', run_name='__main__')"
+)
+
+if __name__ == "__main__":
+    import json
+
+    assert sys.modules.get("hiredis") is None  # so redis-py reads with its pure-Python parser
+    print(json.dumps(asyncio.run(async_votes(sys.argv[1:]))))
