@@ -308,14 +308,7 @@ class ForcedRelease:
 
 def lock_key(settings: LockSettings, resource: str) -> str:
     """The key a forced release may touch: a valid resource's, never the boot marker."""
-    key = settings.key(resource)
-    if not key.isascii():
-        try:
-            key.encode()
-        except UnicodeEncodeError:
-            raise ConfigurationError(
-                "the key is not valid text (a lone surrogate: bytes that are not UTF-8)"
-            ) from None
+    key = settings.key(resource)  # refuses text with no UTF-8 form, among others
     if key == BOOT_KEY:
         raise ConfigurationError(
             f"{BOOT_KEY} is the boot marker, not a lock: deleting it would let a master"

@@ -204,7 +204,7 @@ def test_release_refuses_the_boot_marker_and_bad_keys_without_a_traceback(
         ("", "resource must not be empty"),
         ("redlock:", "resource must not be empty"),
         ("x" * 5000, "resource is 5000 characters; at most 1024"),
-        ("bad\udcff", "the key is not valid text"),
+        ("bad\udcff", "resource has no UTF-8 form: surrogates not allowed"),
     ]:
         result = run(app, "release", key, "--yes")
         assert result.exit_code == EXIT_CONFIG, result.output
