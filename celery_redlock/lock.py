@@ -162,7 +162,7 @@ class _Link:
             except OSError:
                 sent = 0  # nothing went out: the careful path below tries again, and copes
             if sent == len(data):
-                return sock.fileno()  # the usual case, in one call
+                return _open_fd(sock)  # the usual case, in one call
         try:
             return self._send(data, sent)
         except _IO_ERRORS:
@@ -186,7 +186,7 @@ class _Link:
                 raise self._broken("writing", exc) from exc
         if sent < len(data):
             self._send_rest(sock, memoryview(data)[sent:])
-        return sock.fileno()
+        return _open_fd(sock)
 
     def _send_rest(self, sock: socket.socket, rest: memoryview) -> None:
         """The socket's buffer is full (a slow master): wait for room, up to the timeout."""
@@ -264,7 +264,8 @@ class _Link:
         return bool(self.owed) and now - self.owed_since > timeout
 
     def fileno(self) -> int | None:
-        return None if self.sock is None else self.sock.fileno()
+        fd = -1 if self.sock is None else self.sock.fileno()
+        return None if fd < 0 else fd
 
     def reset(self) -> None:
         self._drop()
@@ -286,6 +287,16 @@ class _Opening:
         self.replies.append(reply)
         if len(self.replies) == len(_IDENTIFY):
             self.identities.record(self.index, server_facts(self.replies))
+
+
+def _open_fd(sock: socket.socket) -> int:
+    """The descriptor a reply will come on. ``Redlock.close()`` from another thread may have
+    closed the socket under an operation in flight (its fileno is then -1): that operation
+    meets a connection error, an ERROR vote like any other, not a ValueError from poll."""
+    fd = sock.fileno()
+    if fd < 0:
+        raise redis.ConnectionError("the connection was closed (the lock manager was closed)")
+    return fd
 
 
 class _Driver:

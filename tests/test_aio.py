@@ -129,10 +129,12 @@ def test_both_drivers_spell_a_key_alike_whatever_the_client_encoding(
         run(from_asyncio)
         waiter = Redlock(masters)
         try:
-            threading.Timer(0.3, holder.release).start()
+            releasing = threading.Timer(0.3, holder.release)
+            releasing.start()
             lock = waiter.acquire(name, 10, blocking=True, timeout=20)
             assert lock is not None  # woken by the release message, not the 60 s poll
             assert lock.release()
+            releasing.join()  # its round may still be reading replies: never close under it
         finally:
             waiter.close()
 

@@ -83,40 +83,60 @@ def test_one_server_under_two_addresses_does_not_make_a_quorum_with_a_dead_maste
     assert warnings  # said once per master when found, not per vote
 
 
+#: Rounds tried before the aliases must have been found: a round settles once a quorum
+#: said yes, so on a busy machine the aliases' replies (INFO first) may come in later ones.
+ROUNDS = 50
+
+
+def _alias_rounds(votes_per_round: list[tuple[Vote, ...]]) -> tuple[bool, bool]:
+    """Whether both aliases were named in some round, and whether either was counted as a
+    yes in any round after the one in which the second was named."""
+    texts = ["same server as unix://", "same server as redis://"]
+    found_at = None
+    for n, votes in enumerate(votes_per_round):
+        if all(any(t in str(v) for v in votes) for t in texts):
+            found_at = n
+            break
+    if found_at is None:
+        return False, False
+    later = votes_per_round[found_at + 1 :]
+    counted = any(v.outcome is Outcome.YES for votes in later for v in votes[:2])
+    return True, counted
+
+
 @pytest.mark.parametrize("driver", DRIVERS)
 def test_once_found_neither_spelling_votes_and_the_warning_is_not_repeated(
     driver: str, two_addresses: tuple[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     tcp, unix = two_addresses
     others = RedisGroup(3).start()
+    rounds: list[tuple[Vote, ...]] = []
     try:
         masters = [tcp, unix, *others.urls]
         with caplog.at_level(logging.WARNING, logger="celery_redlock"):
             if driver == "sync":
                 with Redlock(masters, retry_count=0) as dlm:
-                    first = dlm.acquire("aliased", 10)
-                    assert first is not None  # the three other servers are a quorum of 5
-                    first.release()
-                    again = dlm.acquire("aliased", 10)
-                    assert again is not None
-                    votes = again.votes
+                    for _ in range(ROUNDS):
+                        lock = dlm.acquire("aliased", 10)
+                        assert lock is not None  # the three other servers are a quorum of 5
+                        rounds.append(lock.votes)
+                        lock.release()
             else:
 
-                async def main() -> tuple[Vote, ...]:
+                async def main() -> None:
                     async with AsyncRedlock(masters, retry_count=0) as dlm:
-                        first = await dlm.acquire("aliased", 10)
-                        assert first is not None
-                        await first.release()
-                        again = await dlm.acquire("aliased", 10)
-                        assert again is not None
-                        return again.votes
+                        for _ in range(ROUNDS):
+                            lock = await dlm.acquire("aliased", 10)
+                            assert lock is not None
+                            rounds.append(lock.votes)
+                            await lock.release()
 
-                votes = asyncio.run(main())
+                asyncio.run(main())
     finally:
         others.close()
-    assert outcomes(votes)[:2] == [Outcome.ERROR, Outcome.ERROR]
-    assert "same server as unix://" in str(votes[0])
-    assert "same server as redis://" in str(votes[1])
+    found, counted_after = _alias_rounds(rounds)
+    assert found, [str(v) for v in rounds[-1]]
+    assert not counted_after  # once found, neither spelling ever counts again
     logged = [r for r in caplog.records if "same server as" in r.getMessage()]
     assert len(logged) == 2  # one per master, however many rounds
 
