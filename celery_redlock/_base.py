@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from celery_redlock import _quorum
 from celery_redlock._masters import Health, MasterSpec, parse_masters, seconds
-from celery_redlock._scripts import Outcome
+from celery_redlock._scripts import GRANTED, Call, Outcome
 from celery_redlock.config import LockSettings, check_utf8, timeout_seconds
 from celery_redlock.exceptions import ConfigurationError, LockLost
 
@@ -46,6 +46,24 @@ def unexpected(reply: object, why: Exception) -> str:
     """Why a reply that ``Call.parse`` refused (``why``) is an ERROR vote, in both drivers'
     words: whatever a master sends is a vote, never an exception out of a round."""
     return f"unexpected reply {_shown.repr(reply)}: {why}"
+
+
+def vote_of(
+    name: str, call: Call, reply: Any, problem: str | None, granted: _quorum.Vote
+) -> _quorum.Vote:
+    """A master's well-formed reply as its vote, the same in both drivers: an ERROR vote
+    when the master may not vote (``problem``: it evicts, or is another master), or when
+    ``Call.parse`` refuses the reply; ``granted`` is the caller's ready yes-vote."""
+    if problem is not None:
+        return _quorum.Vote(name, Outcome.ERROR, error=problem)
+    try:
+        parsed = call.parse(reply)
+    except Exception as exc:  # any malformed reply is an ERROR vote
+        return _quorum.Vote(name, Outcome.ERROR, error=unexpected(reply, exc))
+    if parsed is GRANTED:
+        return granted
+    outcome, pttl_ms, owner, note, guard_ms = parsed
+    return _quorum.Vote(name, outcome, pttl_ms, note, owner, guard_ms)
 
 
 @dataclass(frozen=True, slots=True)

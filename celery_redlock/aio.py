@@ -26,7 +26,7 @@ import redis.asyncio.connection as aconn
 from redis.exceptions import InvalidResponse, ResponseError
 
 from celery_redlock import _quorum
-from celery_redlock._base import HandleBase, ManagerBase, Renewal, Seconds, unexpected
+from celery_redlock._base import HandleBase, ManagerBase, Renewal, Seconds, vote_of
 from celery_redlock._masters import Identities, MasterSpec
 from celery_redlock._quorum import Listen, Round, Vote
 from celery_redlock._scripts import Call, Outcome, identify, is_noscript, loads, server_facts
@@ -101,6 +101,7 @@ class _Driver:
         self._idle: list[list[Any]] = [[] for _ in manager._specs]
         self._background: set[asyncio.Task[Vote]] = set()
         self._identities = Identities(manager.masters)
+        self._granted = [Vote(spec.name, Outcome.YES) for spec in manager._specs]
 
     async def run(self, algorithm: _quorum.Algorithm) -> Any:
         """Drive one operation to its end; the sync driver's loop, with ``await``."""
@@ -216,16 +217,7 @@ class _Driver:
             raise
         self._idle[i].append(conn)
         m._health[i].succeeded()
-        problem = self._identities.problems[i]
-        if problem is not None:
-            return Vote(name, Outcome.ERROR, error=problem)  # evicts, or is another master
-        try:
-            parsed = call.parse(reply)
-        except Exception as exc:  # any malformed reply is an ERROR vote
-            return Vote(name, Outcome.ERROR, error=unexpected(reply, exc))
-        return Vote(
-            name, parsed.outcome, parsed.pttl_ms, parsed.note, parsed.owner, parsed.guard_ms
-        )
+        return vote_of(name, call, reply, self._identities.problems[i], self._granted[i])
 
     async def _call_once_more_if_stale(self, i: int, conn: Any, call: Call, deadline: float) -> Any:
         """A connection that answered before may have outlived its master's restart: one

@@ -41,12 +41,11 @@ import redis
 from redis.exceptions import InvalidResponse, RedisError
 
 from celery_redlock import _quorum, _resp
-from celery_redlock._base import HandleBase, ManagerBase, Seconds, unexpected
+from celery_redlock._base import HandleBase, ManagerBase, Seconds, vote_of
 from celery_redlock._masters import Identities, MasterSpec
 from celery_redlock._quorum import Listen, Round, Vote
 from celery_redlock._resp import INCOMPLETE
 from celery_redlock._scripts import (
-    GRANTED,
     Call,
     Outcome,
     identify,
@@ -478,7 +477,7 @@ class _Driver:
                 error = "settled without it"
             votes[pos] = Vote(m._specs[i].name, Outcome.ERROR, error=error)
 
-    def _read(self, i: int, link: _Link, call: Call) -> Vote | None:  # noqa: PLR0911 - one exit per kind of reply
+    def _read(self, i: int, link: _Link, call: Call) -> Vote | None:
         """Read what master ``i`` sent; its Vote, or None while its reply is still to come."""
         try:
             reply = link.take()
@@ -501,17 +500,7 @@ class _Driver:
         health = self._m._health[i]
         if health.failures:
             health.succeeded()
-        problem = self._problems[i]
-        if problem is not None:
-            return Vote(name, Outcome.ERROR, error=problem)  # evicts, or is another master
-        try:
-            parsed = call.parse(reply)
-        except Exception as exc:  # any malformed reply is an ERROR vote
-            return Vote(name, Outcome.ERROR, error=unexpected(reply, exc))
-        if parsed is GRANTED:
-            return self._granted[i]  # the usual answer, made once per master
-        outcome, pttl_ms, owner, note, guard_ms = parsed
-        return Vote(name, outcome, pttl_ms, note, owner, guard_ms)
+        return vote_of(name, call, reply, self._problems[i], self._granted[i])
 
     def _resend(self, i: int, link: _Link, packed: bytes) -> Vote | None:
         try:
