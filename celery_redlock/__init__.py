@@ -10,10 +10,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from celery_redlock._quorum import Vote
-from celery_redlock._scripts import Outcome
-from celery_redlock.aio import AsyncLock, AsyncRedlock
-from celery_redlock.config import LockSettings
+from celery_redlock._core.aio import AsyncLock, AsyncRedlock
+from celery_redlock._core.protocol import Outcome
+from celery_redlock._core.quorum import Vote
+from celery_redlock._core.settings import LockSettings
+from celery_redlock._core.sync import Lock, Redlock
 from celery_redlock.exceptions import (
     ConfigurationError,
     LockError,
@@ -22,11 +23,10 @@ from celery_redlock.exceptions import (
     QuorumUnavailable,
 )
 from celery_redlock.keys import UnkeyableArgument
-from celery_redlock.lock import Lock, Redlock
 from celery_redlock.outcomes import TaskLocked, is_skipped
 
 if TYPE_CHECKING:
-    from celery_redlock.hooks import install
+    from celery_redlock._celery.hooks import install
     from celery_redlock.task import SingletonTask
 
 __all__ = [
@@ -52,7 +52,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 #: Names whose modules import Celery, loaded when first asked for.
-_LAZY = {"SingletonTask": "celery_redlock.task", "install": "celery_redlock.hooks"}
+_LAZY = {"SingletonTask": "celery_redlock.task", "install": "celery_redlock._celery.hooks"}
 
 
 def __getattr__(name: str) -> Any:

@@ -17,14 +17,14 @@ from typing import Any
 
 import redis
 
-from celery_redlock import _quorum
-from celery_redlock._base import ManagerBase, new_token
-from celery_redlock._masters import MasterSpec
-from celery_redlock._scripts import BOOT_KEY, FORCE_RELEASE, parse_marker, queue_key
-from celery_redlock._server import INFO_SECTIONS, ServerFacts
-from celery_redlock.config import LockSettings
+from celery_redlock._core import quorum
+from celery_redlock._core.manager import ManagerBase, new_token
+from celery_redlock._core.masters import MasterSpec
+from celery_redlock._core.protocol import BOOT_KEY, FORCE_RELEASE, parse_marker, queue_key
+from celery_redlock._core.server import INFO_SECTIONS, ServerFacts
+from celery_redlock._core.settings import LockSettings
+from celery_redlock._core.sync import Redlock
 from celery_redlock.exceptions import ConfigurationError, LockError
-from celery_redlock.lock import Redlock
 
 __all__ = [
     "ForcedRelease",
@@ -227,7 +227,7 @@ def _mark_aliases(statuses: list[MasterStatus]) -> list[MasterStatus]:
 
 # --- held locks ---
 
-#: A lock's value: the token (``_base.new_token``: lowercase hex) and, after a colon, the
+#: A lock's value: the token (``manager.new_token``: lowercase hex) and, after a colon, the
 #: owner text. Anything else under the prefix is not ours to list or release.
 _TOKEN_CHARS = len(new_token())
 _LOCK_VALUE = re.compile(rb"[0-9a-f]{%d}(?::.*)?" % _TOKEN_CHARS, re.DOTALL)
@@ -390,7 +390,7 @@ def _probe(client: redis.Redis, settings: LockSettings) -> str | None:
             if lock is None:
                 return "a probe lock was refused: its key is held"
             # Lock.release's own round, kept for its votes: they say why it failed.
-            released, votes = dlm._driver.run(_quorum.release(lock.key, lock.token, dlm.policy))
+            released, votes = dlm._driver.run(quorum.release(lock.key, lock.token, dlm.policy))
     except LockError as exc:
         return f"no lock can be taken there: {_why(exc)}"
     if not released:

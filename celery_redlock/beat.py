@@ -38,10 +38,10 @@ from typing import Any
 
 from celery.beat import PersistentScheduler
 
-from celery_redlock._appstate import state_of
-from celery_redlock._masters import seconds
+from celery_redlock._celery.appstate import state_of
+from celery_redlock._core.durations import seconds
+from celery_redlock._core.sync import Lock
 from celery_redlock.exceptions import ConfigurationError, LockError, LockLost, QuorumUnavailable
-from celery_redlock.lock import Lock
 
 __all__ = ["LeaderLeaseMixin", "RedlockScheduler"]
 

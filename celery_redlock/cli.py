@@ -27,8 +27,9 @@ from urllib.parse import urlsplit
 
 import click
 
-from celery_redlock._appstate import state_of
-from celery_redlock._run import window_of
+from celery_redlock._celery.appstate import state_of
+from celery_redlock._celery.run import window_of
+from celery_redlock._core.sync import Redlock
 from celery_redlock.admin import (
     RELEASED,
     LockInfo,
@@ -42,7 +43,6 @@ from celery_redlock.admin import (
 )
 from celery_redlock.exceptions import ConfigurationError
 from celery_redlock.keys import DIGEST_CHARS
-from celery_redlock.lock import Redlock
 
 __all__ = ["redlock"]
 

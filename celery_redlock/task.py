@@ -75,19 +75,19 @@ from typing import Any, ClassVar
 
 from celery import Task
 
-from celery_redlock import _publish, _run
-from celery_redlock._appstate import state_of
-from celery_redlock.exceptions import ConfigurationError, LockLost
-from celery_redlock.hooks import install
-from celery_redlock.keys import KeySpec
-from celery_redlock.lock import Lock
-from celery_redlock.settings import (
+from celery_redlock._celery import publish, run
+from celery_redlock._celery.appconf import (
     TASK_OPTIONS,
     LockOptions,
     check_attribute_names,
     check_ttls,
     parse_options,
 )
+from celery_redlock._celery.appstate import state_of
+from celery_redlock._celery.hooks import install
+from celery_redlock._core.sync import Lock
+from celery_redlock.exceptions import ConfigurationError, LockLost
+from celery_redlock.keys import KeySpec
 
 __all__ = ["SingletonTask", "make_singleton"]
 
@@ -155,11 +155,11 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
         takes, computed (as the worker does) from the arguments as the task's serializer
         delivers them, so ``{1: "x"}`` and ``{"1": "x"}`` are one call under JSON."""
         spec = self._spec()
-        return spec.resource(*_publish.as_delivered(args, kwargs, self.serializer))
+        return spec.resource(*publish.as_delivered(args, kwargs, self.serializer))
 
     def _resource(self, args: Any, kwargs: Any) -> str:
         """The resource of a call whose arguments are as delivered (in the worker, or
-        through :func:`~celery_redlock._publish.as_delivered`)."""
+        through :func:`~celery_redlock._celery.publish.as_delivered`)."""
         return self._spec().resource(args, kwargs)
 
     def _spec(self) -> KeySpec:
@@ -174,13 +174,13 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
     @property
     def current_lock(self) -> Lock | None:
         """The lock held by the run in progress (None outside a run, or running unlocked)."""
-        hold = _run.current_hold(self)
+        hold = run.current_hold(self)
         return hold.lock if hold is not None else None
 
     @property
     def lock_lost(self) -> LockLost | None:
         """Why the running call's lock was lost (renewal failed), or None while it holds."""
-        hold = _run.current_hold(self)
+        hold = run.current_hold(self)
         return hold.lost if hold is not None else None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -193,7 +193,7 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
             # would push both again (a copy of the request per run). Unless a class
             # between us and Task has a __call__ of its own, do as the tracer does.
             call = self.run
-        return _run.run(self, args, kwargs, lambda: call(*args, **kwargs))
+        return run.run(self, args, kwargs, lambda: call(*args, **kwargs))
 
     def retry(  # noqa: PLR0917 - Celery's signature
         self,
@@ -210,9 +210,9 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
         sent and the body ends here, so that the retry can take it (and not find its own
         run holding it). With ``throw=False`` the body goes on, so the lock is kept until
         it ends (a retry due before then meets the duplicate policy)."""
-        hold = _run.current_hold(self)
+        hold = run.current_hold(self)
         if hold is not None and throw and self._will_retry(max_retries):
-            _run.finish(self, hold)
+            run.finish(self, hold)
         return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
 
     def _will_retry(self, max_retries: Any) -> bool:
@@ -237,9 +237,9 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
             task_id=task_id, producer=producer, link=link, link_error=link_error, shadow=shadow
         )
         send = super().apply_async
-        if self._lock_options is None or not _publish.wants_dedup(self, options):
+        if self._lock_options is None or not publish.wants_dedup(self, options):
             return send(args, kwargs, **options)
-        return _publish.publish(self, args, kwargs, options, send)
+        return publish.publish(self, args, kwargs, options, send)
 
 
 def _check_option_names(cls: type[SingletonTask], where: str) -> None:

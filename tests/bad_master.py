@@ -12,7 +12,7 @@ import sys
 import threading
 from types import TracebackType
 
-from celery_redlock._resp import PyReader
+from celery_redlock._core.resp import PyReader
 
 #: The bad replies, by name; ``truncated`` is sent and then the connection is closed.
 REPLIES = {

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from celery_redlock._appstate import state_of
+from celery_redlock._celery.appstate import state_of
 from celery_redlock.testing import RedisGroup, RedisServer
 from tests.celery_helpers import AppFactory, armed, close_app
 from tests.celery_tasks import make_app

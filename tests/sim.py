@@ -12,9 +12,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery_redlock import _quorum
-from celery_redlock._quorum import Listen, Round, Vote, Wait
-from celery_redlock._scripts import Call, Outcome, Verb
+from celery_redlock._core import quorum
+from celery_redlock._core.protocol import Call, Outcome, Verb
+from celery_redlock._core.quorum import Listen, Round, Vote, Wait
 
 
 @dataclass
@@ -82,13 +82,13 @@ class SimCluster:
         self._tokens += 1
         return f"t{self._tokens}"
 
-    def context(self) -> _quorum.Context:
-        return _quorum.Context(self.clock, self.rng, self.token)
+    def context(self) -> quorum.Context:
+        return quorum.Context(self.clock, self.rng, self.token)
 
-    def policy(self, **kwargs: Any) -> _quorum.Policy:
-        return _quorum.Policy(len(self.masters), **kwargs)
+    def policy(self, **kwargs: Any) -> quorum.Policy:
+        return quorum.Policy(len(self.masters), **kwargs)
 
-    def run(self, algorithm: _quorum.Algorithm) -> Any:
+    def run(self, algorithm: quorum.Algorithm) -> Any:
         """The same loop as the real drivers, with simulated effects."""
         result: Any = None
         try:
@@ -98,7 +98,7 @@ class SimCluster:
         except StopIteration as stop:
             return stop.value
 
-    def _do(self, effect: _quorum.Effect) -> Any:
+    def _do(self, effect: quorum.Effect) -> Any:
         if isinstance(effect, Round):
             self.rounds.append(effect)
             targets = effect.targets or range(len(self.masters))

@@ -6,7 +6,7 @@ import contextlib
 import time
 
 from celery_redlock import QuorumUnavailable, Redlock
-from celery_redlock._scripts import BOOT_KEY
+from celery_redlock._core.protocol import BOOT_KEY
 from celery_redlock.admin import arm, force_release, list_locks, master_status
 from celery_redlock.testing import RedisGroup, RedisServer
 

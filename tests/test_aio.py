@@ -18,9 +18,9 @@ from celery_redlock import (
     LockNotAcquired,
     QuorumUnavailable,
     Redlock,
-    _quorum,
 )
-from celery_redlock._scripts import Call, Outcome, Verb
+from celery_redlock._core import quorum
+from celery_redlock._core.protocol import Call, Outcome, Verb
 from celery_redlock.testing import FaultProxy, RedisGroup
 from tests.stalls import hung
 
@@ -87,7 +87,7 @@ def test_tasks_never_overlap(shared5: RedisGroup, resource: str) -> None:
 def test_a_blocked_waiter_wakes_on_the_release_message(
     shared5: RedisGroup, resource: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_quorum, "FALLBACK_POLL", 60.0)
+    monkeypatch.setattr(quorum, "FALLBACK_POLL", 60.0)
 
     async def main() -> float:
         async with AsyncRedlock(shared5.urls) as dlm:
@@ -112,7 +112,7 @@ def test_both_drivers_spell_a_key_alike_whatever_the_client_encoding(
     key for both drivers (UTF-8, as the sync driver packs it), and a sync waiter must hear
     its release. With the client's encoding, the asyncio driver took a lock the sync one
     held, and the waiter only woke at its fallback poll."""
-    monkeypatch.setattr(_quorum, "FALLBACK_POLL", 60.0)
+    monkeypatch.setattr(quorum, "FALLBACK_POLL", 60.0)
     masters = [{"host": "127.0.0.1", "port": port, "encoding": "latin-1"} for port in shared5.ports]
     name = f"{resource}:caf\u00e9"
     with Redlock(masters) as dlm:
@@ -216,7 +216,7 @@ def test_a_clean_up_reaches_a_master_in_its_cool_down(fresh3: RedisGroup, clean_
                     assert dlm._health[2].skip_reason(dlm.clock()) is not None
                     assert await lock.release()
                 else:
-                    undo = _quorum.Round(Call(Verb.UNDO, key, lock.token), wait=False)
+                    undo = quorum.Round(Call(Verb.UNDO, key, lock.token), wait=False)
                     await dlm._driver.round(undo)
                 assert await until(lambda: client.exists(key) == 0, timeout=5)
 

@@ -181,7 +181,7 @@ def test_a_lease_beyond_the_longest_ttl_is_refused_by_the_celery_settings() -> N
     retried its outage forever (Redis refused the TTL)."""
     from celery import Celery
 
-    from celery_redlock.settings import RedlockConfig
+    from celery_redlock._celery.appconf import RedlockConfig
 
     app = Celery(set_as_current=False)
     app.conf.update(redlock_masters=M3, redlock_restart_guard=0, redlock_lease=1e16)

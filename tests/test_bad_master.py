@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from celery_redlock import Redlock, _resp
-from celery_redlock._scripts import Call, Outcome, Verb
+from celery_redlock import Redlock
+from celery_redlock._core import resp
+from celery_redlock._core.protocol import Call, Outcome, Verb
 from celery_redlock.testing import FaultProxy, RedisGroup
 from tests.bad_master import REPLIES, WITHOUT_HIREDIS, BadMaster, async_votes
 
@@ -66,7 +67,7 @@ def sync_votes(urls: list[str]) -> list[list[str]]:
 def test_the_sync_driver_counts_a_malformed_reply_as_an_error_vote(
     healthy: list[str], reply: str, hiredis: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_resp, "HIREDIS", hiredis)
+    monkeypatch.setattr(resp, "HIREDIS", hiredis)
     with BadMaster(reply) as bad:
         check(sync_votes([healthy[0], bad.url, healthy[1]]), reply)
 

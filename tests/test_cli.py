@@ -16,11 +16,11 @@ from celery.bin.base import CLIContext
 from click.testing import CliRunner, Result
 
 from celery_redlock import SingletonTask
-from celery_redlock._appstate import state_of
-from celery_redlock._run import window_of
-from celery_redlock._scripts import BOOT_KEY, queue_key
+from celery_redlock._celery.appstate import state_of
+from celery_redlock._celery.run import window_of
+from celery_redlock._core.protocol import BOOT_KEY, queue_key
+from celery_redlock._core.sync import Redlock
 from celery_redlock.cli import EXIT_CONFIG, EXIT_PROBLEM, redlock
-from celery_redlock.lock import Redlock
 from celery_redlock.testing import RedisGroup
 from tests.celery_tasks import task_decorator
 

@@ -20,7 +20,7 @@ from celery import Celery
 from celery.bin.base import CLIContext
 from click.testing import CliRunner, Result
 
-from celery_redlock._scripts import BOOT_KEY
+from celery_redlock._core.protocol import BOOT_KEY
 from celery_redlock.cli import EXIT_PROBLEM, redlock
 from celery_redlock.testing import RedisGroup, RedisServer, RedisServerError
 

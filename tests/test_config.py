@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from celery_redlock import ConfigurationError, LockSettings, Redlock
-from celery_redlock._masters import parse_masters, redact
+from celery_redlock._core.masters import parse_masters, redact
 
 M3 = ["redis://127.0.0.1:1/0", "redis://127.0.0.1:2/0", "redis://127.0.0.1:3/0"]
 

@@ -15,15 +15,9 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from celery_redlock import (
-    Lock,
-    LockLost,
-    LockNotAcquired,
-    QuorumUnavailable,
-    Redlock,
-    _quorum,
-)
-from celery_redlock._scripts import Outcome
+from celery_redlock import Lock, LockLost, LockNotAcquired, QuorumUnavailable, Redlock
+from celery_redlock._core import quorum
+from celery_redlock._core.protocol import Outcome
 from celery_redlock.testing import RedisGroup, RedisServer
 from tests.stalls import hung
 
@@ -239,7 +233,7 @@ def test_a_blocked_waiter_wakes_on_the_release_message(
     dlm: Redlock, resource: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # With the fallback poll pushed out to a minute, only the message can wake the waiter.
-    monkeypatch.setattr(_quorum, "FALLBACK_POLL", 60.0)
+    monkeypatch.setattr(quorum, "FALLBACK_POLL", 60.0)
     holder = dlm.acquire(resource, 60)
     assert holder is not None
     got: list[Lock | None] = []

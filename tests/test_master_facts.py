@@ -18,8 +18,8 @@ import pytest
 import redis
 
 from celery_redlock import AsyncRedlock, QuorumUnavailable, Redlock
-from celery_redlock._quorum import Vote
-from celery_redlock._scripts import Outcome
+from celery_redlock._core.protocol import Outcome
+from celery_redlock._core.quorum import Vote
 from celery_redlock.testing import RedisGroup, RedisServer, free_port
 
 DRIVERS = ["sync", "asyncio"]

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from celery_redlock import _quorum
-from celery_redlock._quorum import AcquireRequest, Count, Vote, decided
-from celery_redlock._scripts import Outcome, Verb
+from celery_redlock._core import quorum
+from celery_redlock._core.protocol import Outcome, Verb
+from celery_redlock._core.quorum import AcquireRequest, Count, Vote, decided
 from celery_redlock.exceptions import LockLost, QuorumUnavailable
 from tests.sim import SimCluster
 
@@ -21,17 +21,17 @@ def request(blocking: bool = False, timeout: float | None = None) -> AcquireRequ
 
 @pytest.mark.parametrize(("n", "q"), [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (7, 4)])
 def test_quorum_is_a_strict_majority(n: int, q: int) -> None:
-    assert _quorum.quorum(n) == q
+    assert quorum.quorum(n) == q
 
 
 @given(st.integers(1, 15))
 def test_two_quorums_always_share_a_master(n: int) -> None:
-    assert 2 * _quorum.quorum(n) > n
+    assert 2 * quorum.quorum(n) > n
 
 
 def test_validity_counts_from_before_the_round_and_discounts_drift() -> None:
     # 10 s TTL, drift 1% + 2 ms: good until start + 10 - 0.102.
-    assert _quorum.valid_until(100.0, 10.0, 0.01) == pytest.approx(109.898)
+    assert quorum.valid_until(100.0, 10.0, 0.01) == pytest.approx(109.898)
 
 
 @given(
@@ -46,12 +46,12 @@ def test_decided_never_stops_while_the_verdict_could_change(
     n = yes + no + errors + pending
     if n == 0:
         return
-    q = _quorum.quorum(n)
-    if not _quorum.decided(yes, no, errors, pending, n):
+    q = quorum.quorum(n)
+    if not quorum.decided(yes, no, errors, pending, n):
         return
     # However the pending masters would have answered, the verdict is the same.
     verdicts = {
-        _quorum.Tally(yes + y, no + (pending - y - e), errors + e, q).verdict()
+        quorum.Tally(yes + y, no + (pending - y - e), errors + e, q).verdict()
         for y in range(pending + 1)
         for e in range(pending - y + 1)
     }
@@ -60,7 +60,7 @@ def test_decided_never_stops_while_the_verdict_could_change(
 
 def test_acquire_wins_on_a_quorum_and_reports_votes() -> None:
     sim = SimCluster(5)
-    lease = sim.run(_quorum.acquire(request(), sim.policy(), sim.context()))
+    lease = sim.run(quorum.acquire(request(), sim.policy(), sim.context()))
     assert lease is not None
     assert lease.token == "t1"
     assert len(lease.votes) == 5
@@ -70,16 +70,16 @@ def test_acquire_wins_on_a_quorum_and_reports_votes() -> None:
 def test_acquire_with_a_minority_down_still_wins() -> None:
     sim = SimCluster(5)
     sim.masters[0].up = sim.masters[1].up = False
-    lease = sim.run(_quorum.acquire(request(), sim.policy(), sim.context()))
+    lease = sim.run(quorum.acquire(request(), sim.policy(), sim.context()))
     assert lease is not None
     assert sum(v.outcome is Outcome.ERROR for v in lease.votes) == 2
 
 
 def test_held_resource_ends_a_non_blocking_call_at_once() -> None:
     sim = SimCluster(3)
-    first = sim.run(_quorum.acquire(request(), sim.policy(), sim.context()))
+    first = sim.run(quorum.acquire(request(), sim.policy(), sim.context()))
     assert first is not None
-    second = sim.run(_quorum.acquire(request(), sim.policy(), sim.context()))
+    second = sim.run(quorum.acquire(request(), sim.policy(), sim.context()))
     assert second is None
     assert sim.waits == []  # no retries against a clear holder
 
@@ -89,7 +89,7 @@ def test_majority_down_raises_outage_after_retries_and_leaves_no_keys() -> None:
     for m in sim.masters[:3]:
         m.up = False
     with pytest.raises(QuorumUnavailable) as err:
-        sim.run(_quorum.acquire(request(), sim.policy(retry_count=2), sim.context()))
+        sim.run(quorum.acquire(request(), sim.policy(retry_count=2), sim.context()))
     assert err.value.resource == "res"
     assert len(err.value.votes) == 5
     acquires = [r for r in sim.rounds if r.call.verb is Verb.ACQUIRE]
@@ -102,7 +102,7 @@ def test_split_vote_releases_its_minority_and_retries_with_jitter() -> None:
     # One master held by a stranger, one down, one free: nobody can show a quorum.
     sim.masters[0].keys["k:res"] = ("a", 10.0)
     sim.masters[1].up = False
-    result = sim.run(_quorum.acquire(request(), sim.policy(retry_count=2), sim.context()))
+    result = sim.run(quorum.acquire(request(), sim.policy(retry_count=2), sim.context()))
     assert result is None
     assert len(sim.waits) == 2
     assert all(0 <= w <= 0.2 for w in sim.waits)
@@ -111,7 +111,7 @@ def test_split_vote_releases_its_minority_and_retries_with_jitter() -> None:
 
 def test_expired_round_is_not_a_win() -> None:
     sim = SimCluster(3, latency=11.0)  # the round outlives the 10 s TTL
-    result = sim.run(_quorum.acquire(request(), sim.policy(retry_count=0), sim.context()))
+    result = sim.run(quorum.acquire(request(), sim.policy(retry_count=0), sim.context()))
     assert result is None
 
 
@@ -119,7 +119,7 @@ def test_blocking_acquire_listens_then_waits_for_the_holders_expiry() -> None:
     sim = SimCluster(3)
     for m in sim.masters:
         m.keys["k:res"] = ("other", 0.5)
-    lease = sim.run(_quorum.acquire(request(blocking=True, timeout=5), sim.policy(), sim.context()))
+    lease = sim.run(quorum.acquire(request(blocking=True, timeout=5), sim.policy(), sim.context()))
     assert lease is not None
     assert sim.listens == 1
     # It waited about until the holder's keys expired, not a fixed poll interval.
@@ -132,7 +132,7 @@ def test_blocking_acquire_gives_up_at_its_timeout() -> None:
     for m in sim.masters:
         m.keys["k:res"] = ("other", 100.0)
     lease = sim.run(
-        _quorum.acquire(request(blocking=True, timeout=2.5), sim.policy(), sim.context())
+        quorum.acquire(request(blocking=True, timeout=2.5), sim.policy(), sim.context())
     )
     assert lease is None
     assert sim.now == pytest.approx(2.5, abs=0.05)
@@ -147,20 +147,20 @@ def test_free_in_counts_the_quorum_th_expiry() -> None:
         Vote("e", Outcome.ERROR, error="x"),
     ]
     # One free now; two more needed: the second-soonest expiry, 200 ms.
-    assert _quorum.free_in(votes, 3) == pytest.approx(0.202)
-    assert _quorum.free_in([Vote("a", Outcome.NO, -1)], 1) == _quorum.FALLBACK_POLL
+    assert quorum.free_in(votes, 3) == pytest.approx(0.202)
+    assert quorum.free_in([Vote("a", Outcome.NO, -1)], 1) == quorum.FALLBACK_POLL
 
 
 def test_extend_renews_and_fails_cleanly_once_lost() -> None:
     sim = SimCluster(3)
     policy, ctx = sim.policy(), sim.context()
-    lease = sim.run(_quorum.acquire(request(), policy, ctx))
-    renewed = sim.run(_quorum.extend(lease, 20.0, policy, ctx))
+    lease = sim.run(quorum.acquire(request(), policy, ctx))
+    renewed = sim.run(quorum.extend(lease, 20.0, policy, ctx))
     assert renewed.error is None
     assert renewed.lease.valid_until > lease.valid_until
     for m in sim.masters[:2]:
         m.keys.clear()
-    lost = sim.run(_quorum.extend(renewed.lease, 20.0, policy, ctx))
+    lost = sim.run(quorum.extend(renewed.lease, 20.0, policy, ctx))
     assert isinstance(lost.error, LockLost)
     assert lost.lease.valid_until <= sim.now  # a lost lock is believed by nobody
 
@@ -168,10 +168,10 @@ def test_extend_renews_and_fails_cleanly_once_lost() -> None:
 def test_extend_after_expiry_fails_without_a_round() -> None:
     sim = SimCluster(3)
     policy, ctx = sim.policy(), sim.context()
-    lease = sim.run(_quorum.acquire(request(), policy, ctx))
+    lease = sim.run(quorum.acquire(request(), policy, ctx))
     sim.now += 11
     rounds = len(sim.rounds)
-    extension = sim.run(_quorum.extend(lease, 10.0, policy, ctx))
+    extension = sim.run(quorum.extend(lease, 10.0, policy, ctx))
     assert isinstance(extension.error, LockLost)
     assert "expired" in str(extension.error)
     assert len(sim.rounds) == rounds
@@ -180,9 +180,9 @@ def test_extend_after_expiry_fails_without_a_round() -> None:
 def test_extend_never_resurrects_an_expired_key() -> None:
     sim = SimCluster(3)
     policy, ctx = sim.policy(), sim.context()
-    lease = sim.run(_quorum.acquire(request(), policy, ctx))
+    lease = sim.run(quorum.acquire(request(), policy, ctx))
     sim.masters[0].keys.clear()  # one master lost it
-    renewed = sim.run(_quorum.extend(lease, 10.0, policy, ctx))
+    renewed = sim.run(quorum.extend(lease, 10.0, policy, ctx))
     assert renewed.error is None
     assert sim.masters[0].live("k:res", sim.now) is None
 
@@ -190,9 +190,9 @@ def test_extend_never_resurrects_an_expired_key() -> None:
 def test_extend_with_masters_down_is_an_outage_not_a_loss() -> None:
     sim = SimCluster(3)
     policy, ctx = sim.policy(), sim.context()
-    lease = sim.run(_quorum.acquire(request(), policy, ctx))
+    lease = sim.run(quorum.acquire(request(), policy, ctx))
     sim.masters[0].up = sim.masters[1].up = False
-    extension = sim.run(_quorum.extend(lease, 10.0, policy, ctx))
+    extension = sim.run(quorum.extend(lease, 10.0, policy, ctx))
     assert isinstance(extension.error, QuorumUnavailable)
     assert extension.lease == lease  # nothing was applied: the old validity stands
 
@@ -202,28 +202,28 @@ def test_a_shortened_extend_answered_late_leaves_only_the_shorter_validity() -> 
     must stop believing before their keys expire and another client can take the lock."""
     sim = SimCluster(3)
     policy, ctx = sim.policy(), sim.context()
-    lease = sim.run(_quorum.acquire(request(), policy, ctx))  # ttl 10
+    lease = sim.run(quorum.acquire(request(), policy, ctx))  # ttl 10
     for m in sim.masters:
         m.late = True
     start = sim.now
-    extension = sim.run(_quorum.extend(lease, 1.0, policy, ctx))
+    extension = sim.run(quorum.extend(lease, 1.0, policy, ctx))
     assert isinstance(extension.error, QuorumUnavailable)
-    assert extension.lease.valid_until == _quorum.valid_until(start, 1.0, policy.drift_factor)
+    assert extension.lease.valid_until == quorum.valid_until(start, 1.0, policy.drift_factor)
     for m in sim.masters:
         m.late = False
     sim.now = extension.lease.valid_until  # the holder's belief ends while...
-    assert sim.run(_quorum.acquire(request(), policy, ctx)) is None  # ...the keys still live
+    assert sim.run(quorum.acquire(request(), policy, ctx)) is None  # ...the keys still live
     sim.now = start + 1.0 + 0.01  # once they expired, another client takes the lock
-    assert sim.run(_quorum.acquire(request(), policy, ctx)) is not None
+    assert sim.run(quorum.acquire(request(), policy, ctx)) is not None
 
 
 def test_a_longer_extend_that_fails_keeps_the_old_validity() -> None:
     sim = SimCluster(3)
     policy, ctx = sim.policy(), sim.context()
-    lease = sim.run(_quorum.acquire(request(), policy, ctx))
+    lease = sim.run(quorum.acquire(request(), policy, ctx))
     for m in sim.masters:
         m.late = True
-    extension = sim.run(_quorum.extend(lease, 20.0, policy, ctx))
+    extension = sim.run(quorum.extend(lease, 20.0, policy, ctx))
     assert isinstance(extension.error, QuorumUnavailable)
     assert extension.lease.valid_until == lease.valid_until
 
@@ -231,9 +231,9 @@ def test_a_longer_extend_that_fails_keeps_the_old_validity() -> None:
 def test_release_never_deletes_another_holders_key() -> None:
     sim = SimCluster(3)
     policy, ctx = sim.policy(), sim.context()
-    lease = sim.run(_quorum.acquire(request(), policy, ctx))
+    lease = sim.run(quorum.acquire(request(), policy, ctx))
     sim.masters[0].keys["k:res"] = ("intruder", 99.0)
-    released, votes = sim.run(_quorum.release(lease.key, lease.token, policy))
+    released, votes = sim.run(quorum.release(lease.key, lease.token, policy))
     assert released  # two of three held our token
     assert sim.masters[0].live("k:res", sim.now) == "intruder"
     assert [v.outcome for v in votes] == [Outcome.NO, Outcome.YES, Outcome.YES]
@@ -242,17 +242,17 @@ def test_release_never_deletes_another_holders_key() -> None:
 def test_inspect_reports_a_quorum_view() -> None:
     sim = SimCluster(3)
     policy = sim.policy()
-    assert sim.run(_quorum.inspect("res", "k:res", policy))[0] is False
+    assert sim.run(quorum.inspect("res", "k:res", policy))[0] is False
     sim.masters[0].keys["k:res"] = ("x", 9.0)
-    assert sim.run(_quorum.inspect("res", "k:res", policy))[0] is False
+    assert sim.run(quorum.inspect("res", "k:res", policy))[0] is False
     sim.masters[1].keys["k:res"] = ("x", 9.0)
-    assert sim.run(_quorum.inspect("res", "k:res", policy))[0] is True
+    assert sim.run(quorum.inspect("res", "k:res", policy))[0] is True
 
 
 def test_ttl_goes_on_the_wire_rounded_up() -> None:
-    assert _quorum.ttl_ms(0.0001) == 1
-    assert _quorum.ttl_ms(1.0001) == 1001
-    assert _quorum.ttl_ms(2) == 2000
+    assert quorum.ttl_ms(0.0001) == 1
+    assert quorum.ttl_ms(1.0001) == 1001
+    assert quorum.ttl_ms(2) == 2000
 
 
 def test_the_drivers_running_count_settles_exactly_when_decided_does() -> None:
@@ -290,12 +290,12 @@ def test_a_grant_from_a_master_with_a_shorter_guard_than_another_reported_is_not
     """Two grants from masters that know a 2 s guard and a refusal from one that knows
     60 s: the grants may come from masters that restarted empty and forgot the 60 s, so
     they count as abstentions (their keys are undone), and 60 s is declared from then on."""
-    policy = _quorum.Policy(3, retry_count=1, retry_delay=0.0)
-    ctx = _quorum.Context(lambda: 0.0, random.Random(0), lambda: "t")
+    policy = quorum.Policy(3, retry_count=1, retry_delay=0.0)
+    ctx = quorum.Context(lambda: 0.0, random.Random(0), lambda: "t")
     req = AcquireRequest("res", "k:res", 2.0, restart_guard=2.0)
-    algorithm = _quorum.acquire(req, policy, ctx)
+    algorithm = quorum.acquire(req, policy, ctx)
     first = next(algorithm)
-    assert isinstance(first, _quorum.Round)
+    assert isinstance(first, quorum.Round)
     assert first.call.guard_ms == 2_000
     votes = [
         Vote("m0", Outcome.YES),
@@ -303,13 +303,13 @@ def test_a_grant_from_a_master_with_a_shorter_guard_than_another_reported_is_not
         Vote("m2", Outcome.NO, 45_000, guard_ms=60_000),
     ]
     undo = algorithm.send(votes)
-    assert isinstance(undo, _quorum.Round)
+    assert isinstance(undo, quorum.Round)
     assert undo.call.verb is Verb.UNDO
     assert undo.targets == (0, 1)
     assert ctx.guards.ms == 60_000
-    assert isinstance(algorithm.send(None), _quorum.Wait)  # an outage: retried
+    assert isinstance(algorithm.send(None), quorum.Wait)  # an outage: retried
     again = algorithm.send(None)
-    assert isinstance(again, _quorum.Round)
+    assert isinstance(again, quorum.Round)
     assert again.call.guard_ms == 60_000
     abstaining = [Vote(f"m{i}", Outcome.ABSTAIN, 58_000, guard_ms=60_000) for i in range(2)]
     with pytest.raises(QuorumUnavailable) as err:
@@ -318,9 +318,9 @@ def test_a_grant_from_a_master_with_a_shorter_guard_than_another_reported_is_not
 
 
 def test_grants_from_masters_that_all_know_the_longest_guard_count() -> None:
-    policy = _quorum.Policy(3)
-    ctx = _quorum.Context(lambda: 0.0, random.Random(0), lambda: "t")
-    algorithm = _quorum.acquire(AcquireRequest("res", "k:res", 2.0, restart_guard=2.0), policy, ctx)
+    policy = quorum.Policy(3)
+    ctx = quorum.Context(lambda: 0.0, random.Random(0), lambda: "t")
+    algorithm = quorum.acquire(AcquireRequest("res", "k:res", 2.0, restart_guard=2.0), policy, ctx)
     next(algorithm)
     votes = [
         Vote("m0", Outcome.YES, guard_ms=60_000),
@@ -329,5 +329,5 @@ def test_grants_from_masters_that_all_know_the_longest_guard_count() -> None:
     ]
     with pytest.raises(StopIteration) as won:
         algorithm.send(votes)
-    assert isinstance(won.value.value, _quorum.Lease)
+    assert isinstance(won.value.value, quorum.Lease)
     assert ctx.guards.ms == 60_000  # declared from now on, though every grant counted

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from celery_redlock._reaper import Reaper, _child_of, _read
+from celery_redlock._celery.reaper import Reaper, _child_of, _read
 
 
 @pytest.fixture

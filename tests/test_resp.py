@@ -12,9 +12,10 @@ import pytest
 import redis
 from redis.exceptions import InvalidResponse, RedisError
 
-from celery_redlock import Redlock, _resp
-from celery_redlock._resp import INCOMPLETE, PyReader, error_reply, pack
-from celery_redlock._scripts import Call, Verb
+from celery_redlock import Redlock
+from celery_redlock._core import resp
+from celery_redlock._core.protocol import Call, Verb
+from celery_redlock._core.resp import INCOMPLETE, PyReader, error_reply, pack
 from celery_redlock.testing import RedisGroup
 
 REPLIES = [
@@ -112,7 +113,7 @@ def test_a_call_packed_once_per_verb_is_its_command_packed(verb: Verb, key: str)
 def test_the_driver_on_the_pure_reader(monkeypatch: pytest.MonkeyPatch) -> None:
     """Acquire, contention, extend, holder, a NOSCRIPT error reply and release, end to end
     with hiredis switched off."""
-    monkeypatch.setattr(_resp, "HIREDIS", False)
+    monkeypatch.setattr(resp, "HIREDIS", False)
     resource = f"test:{uuid.uuid4().hex}"
     with RedisGroup(3) as masters, Redlock(masters.urls) as dlm:
         assert isinstance(dlm._driver.links()[0].reader, PyReader)

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from celery_redlock import ConfigurationError, Lock, LockLost, QuorumUnavailable, Redlock
-from celery_redlock._scripts import BOOT_KEY, Marker, Outcome, parse_marker
+from celery_redlock._core.protocol import BOOT_KEY, Marker, Outcome, parse_marker
 from celery_redlock.testing import FaultProxy, RedisGroup, RedisServer
 
 

@@ -22,9 +22,10 @@ from celery.bin.base import CLIContext
 from click.testing import CliRunner
 
 from celery_redlock import ConfigurationError, QuorumUnavailable, Redlock
-from celery_redlock._masters import parse_master, redact
+from celery_redlock._celery.appconf import RedlockConfig
+from celery_redlock._core.masters import parse_master, redact
 from celery_redlock.cli import redlock
-from celery_redlock.settings import RedlockConfig, split_urls
+from celery_redlock.settings import split_urls
 from celery_redlock.testing import free_port
 
 PIECES = ("Q1wx", "E2ry", "T3yz", "U4iw", "O5pv", "A6su", "D7ft")

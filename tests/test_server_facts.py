@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from celery_redlock._server import INFO_SECTIONS, ServerFacts, parse_info
+from celery_redlock._core.server import INFO_SECTIONS, ServerFacts, parse_info
 from celery_redlock.testing import RedisGroup
 
 

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from celery_redlock import _quorum
-from celery_redlock._scripts import Call, Outcome, Verb
+from celery_redlock._core import quorum
+from celery_redlock._core.protocol import Call, Outcome, Verb
 from celery_redlock.testing import RedisServer
 from tests.history import Window, find_overlaps
 from tests.simulation.__main__ import SCHEDULES
@@ -75,8 +75,8 @@ def test_the_guard_closes_exactly_the_schedules_that_broke_without_it() -> None:
 def test_an_unknown_extend_believed_in_full_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """Holders that keep their old validity after a shortened extend that timed out (the
     masters applied it unseen) overlap with the next holder, and the checker sees it;
-    the same seeds are safe with the rule (``_quorum.unsure``) in force."""
-    monkeypatch.setattr(_quorum, "unsure", lambda lease, *_args: lease)
+    the same seeds are safe with the rule (``quorum.unsure``) in force."""
+    monkeypatch.setattr(quorum, "unsure", lambda lease, *_args: lease)
     broken = [r.seed for r in explore("safe", seeds("safe"), BUDGET).failing]
     assert broken, "believing a timed-out shortened extend went unnoticed: the checker is blind"
     monkeypatch.undo()
@@ -163,7 +163,7 @@ def test_the_simulated_master_answers_as_a_real_one() -> None:
 
 def test_the_bounded_spread_is_within_the_drift_allowance() -> None:
     ttl = 1.0
-    allowance = ttl / (ttl - _quorum.drift(ttl, 0.01))
+    allowance = ttl / (ttl - quorum.drift(ttl, 0.01))
     assert allowance > (1 + BOUNDED_SPREAD) / (1 - BOUNDED_SPREAD)
 
 
@@ -191,9 +191,9 @@ def test_a_lease_never_outlives_its_key_when_drift_is_within_the_factor(
     client = Clock(client_rate, 0.0)
     master_rate = client_rate * (1 + ratio * (1 / (1 - factor) - 1))
     master = SimMaster(0, Clock(master_rate, origin))
-    until = _quorum.valid_until(client.read(start), ttl, factor)
+    until = quorum.valid_until(client.read(start), ttl, factor)
     set_at = start + landed * (client.true_at(until) - start)  # the key landed in time
-    master.execute(Call(Verb.ACQUIRE, "k", "t", _quorum.ttl_ms(ttl)), set_at)
+    master.execute(Call(Verb.ACQUIRE, "k", "t", quorum.ttl_ms(ttl)), set_at)
     end = client.true_at(until)
     assert math.isfinite(end)
     alive = master.execute(Call(Verb.INSPECT, "k"), end)[0]

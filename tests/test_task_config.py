@@ -10,7 +10,7 @@ from celery import Celery
 
 import celery_redlock
 from celery_redlock import ConfigurationError, SingletonTask, is_skipped
-from celery_redlock.settings import OnDuplicate
+from celery_redlock._celery.appconf import OnDuplicate
 from celery_redlock.testing import RedisGroup, RedisServer
 from tests.celery_helpers import AppFactory, close_app, running_worker
 from tests.celery_tasks import BASE_CONF, Probe, define_tasks, probe_of, task_decorator

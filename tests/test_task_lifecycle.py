@@ -11,7 +11,7 @@ from celery import Celery, chain
 from celery.exceptions import TaskRevokedError
 
 from celery_redlock import is_skipped, signals
-from celery_redlock._appstate import state_of
+from celery_redlock._celery.appstate import state_of
 from celery_redlock.testing import RedisGroup
 from tests.celery_helpers import running_worker, wait_for
 from tests.celery_tasks import GATED, probe_of

@@ -9,8 +9,8 @@ import pytest
 from celery import Celery
 
 from celery_redlock import QuorumUnavailable, is_skipped, signals
-from celery_redlock._run import outage_countdown
-from celery_redlock.settings import OUTAGE_COUNTDOWN_MAX
+from celery_redlock._celery.appconf import OUTAGE_COUNTDOWN_MAX
+from celery_redlock._celery.run import outage_countdown
 from celery_redlock.testing import RedisGroup
 from tests.celery_helpers import AppFactory, armed, running_worker, wait_for
 from tests.celery_tasks import probe_of

@@ -21,7 +21,7 @@ from celery import Celery
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
 from celery_redlock import is_skipped
-from celery_redlock._appstate import state_of
+from celery_redlock._celery.appstate import state_of
 from celery_redlock.testing import RedisGroup, RedisServer
 from tests.celery_helpers import armed, close_app, wait_for
 from tests.celery_tasks import make_app, probe_of

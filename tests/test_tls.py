@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from celery_redlock import QuorumUnavailable, Redlock
-from celery_redlock.aio import AsyncRedlock
+from celery_redlock._core.aio import AsyncRedlock
 from celery_redlock.testing import RedisServer, free_port
 
 SYSTEM_SERVER = shutil.which("redis-server")

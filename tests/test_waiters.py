@@ -22,9 +22,10 @@ from typing import Any, Protocol
 import pytest
 import redis
 
-from celery_redlock import AsyncRedlock, Redlock, _quorum
-from celery_redlock._quorum import Listen, Round, Vote, Wait
-from celery_redlock._scripts import RELEASE, Outcome, Verb, queue_key
+from celery_redlock import AsyncRedlock, Redlock
+from celery_redlock._core import quorum
+from celery_redlock._core.protocol import RELEASE, Outcome, Verb, queue_key
+from celery_redlock._core.quorum import Listen, Round, Vote, Wait
 from celery_redlock.testing import RedisGroup, RedisServer
 
 REDIS_7 = "/usr/bin/redis-server"
@@ -274,7 +275,7 @@ def test_a_release_wakes_one_waiter_and_the_others_sleep_on(
     won elsewhere (and closed its subscriptions) wakes the next waiter in its line. Only
     a minority can lag so (the new holder won on a quorum), so at most 1 + (3 - 2) try.
     """
-    monkeypatch.setattr(_quorum, "FALLBACK_POLL", 60.0)
+    monkeypatch.setattr(quorum, "FALLBACK_POLL", 60.0)
     with masters(None) as servers:
         driver = driver_class([server.url for server in servers])
         got = threading.Event()
@@ -313,7 +314,7 @@ def test_waiters_get_the_lock_in_the_order_they_began_waiting(
     """Five waiters in line, each holder releasing at once: the lock goes down the line in
     order, each woken by the release before it (the poll is a minute away). Before, every
     release set all of them racing, in no particular order."""
-    monkeypatch.setattr(_quorum, "FALLBACK_POLL", 60.0)
+    monkeypatch.setattr(quorum, "FALLBACK_POLL", 60.0)
     with masters(None) as servers:
         driver = driver_class([server.url for server in servers])
         order: list[int] = []
@@ -342,7 +343,7 @@ def test_a_waiter_that_is_gone_is_skipped(resource: str, monkeypatch: pytest.Mon
     """Oldest in line on every master: a waiter nobody hears (it gave up, or died with its
     connections). The release drops it and wakes the live waiter behind it, which gets the
     lock long before its one-minute poll."""
-    monkeypatch.setattr(_quorum, "FALLBACK_POLL", 60.0)
+    monkeypatch.setattr(quorum, "FALLBACK_POLL", 60.0)
     key = f"redlock:{resource}"
     ghost = f"{key}:waiter:{'0' * 32}"
     with masters(None) as servers:
@@ -392,9 +393,9 @@ def test_a_woken_waiter_asks_once_a_quorum_of_masters_woke_it() -> None:
     by one master of three, it waits STRAGGLERS for a second before asking; woken by a
     quorum, it asks at once; after STRAGGLERS with no second copy, it asks anyway."""
     tokens = itertools.count()
-    ctx = _quorum.Context(lambda: 0.0, random.Random(0), lambda: f"t{next(tokens)}")
-    req = _quorum.AcquireRequest("r", "redlock:r", 10.0, blocking=True)
-    algorithm = _quorum.acquire(req, _quorum.Policy(3), ctx)
+    ctx = quorum.Context(lambda: 0.0, random.Random(0), lambda: f"t{next(tokens)}")
+    req = quorum.AcquireRequest("r", "redlock:r", 10.0, blocking=True)
+    algorithm = quorum.acquire(req, quorum.Policy(3), ctx)
     held = [Vote(f"m{i}", Outcome.NO, 5000) for i in range(3)]
     assert algorithm.send(None).call.verb is Verb.ACQUIRE  # type: ignore[union-attr]
     listen = algorithm.send(held)
@@ -409,7 +410,7 @@ def test_a_woken_waiter_asks_once_a_quorum_of_masters_woke_it() -> None:
         assert isinstance(wait, Wait)
         effect = algorithm.send(woken)
         for more in then:
-            assert effect == Wait(_quorum.STRAGGLERS)
+            assert effect == Wait(quorum.STRAGGLERS)
             effect = algorithm.send(more)
         assert isinstance(effect, Round)
         assert effect.call.verb is Verb.QUEUED

@@ -34,7 +34,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from celery_redlock._scripts import BOOT_KEY
+from celery_redlock._core.protocol import BOOT_KEY
 
 #: Environment variable naming the ``redis-server`` binary to use instead of the bundled one.
 BINARY_ENV = "CELERY_REDLOCK_REDIS_SERVER"

@@ -1,6 +1,6 @@
 """A deterministic discrete-event simulation of Redlock under faults.
 
-Several clients run the real ``celery_redlock._quorum`` generators (the very code the sync
+Several clients run the real ``celery_redlock._core.quorum`` generators (the very code the sync
 and asyncio drivers run) against simulated masters, over a simulated network, on clocks
 that drift, while masters crash, restart, pause and get partitioned and clients freeze.
 Everything is drawn from one seed, so a schedule that breaks the no-overlap invariant

@@ -1,7 +1,7 @@
 """A simulated client: the real drivers' loop around the real ``_quorum`` generators.
 
-Its round semantics are the sync driver's (``lock.py``): scatter the call to the targets,
-read votes as they arrive until :func:`~celery_redlock._quorum.Count.decided` or the
+Its round semantics are the sync driver's (``_core/sync.py``): scatter the call to the targets,
+read votes as they arrive until :func:`~celery_redlock._core.quorum.Count.decided` or the
 per-master deadline on the client's own clock; a master not in by a timeout is an ERROR
 vote and its connection is replaced, one not in when the round settled early is an ERROR
 vote too (its reply is drained later). ``wait=False`` rounds send and return at once.
@@ -30,9 +30,9 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from celery_redlock import _quorum
-from celery_redlock._quorum import Count, Listen, Round, Vote, Wait
-from celery_redlock._scripts import Call, Outcome
+from celery_redlock._core import quorum
+from celery_redlock._core.protocol import Call, Outcome
+from celery_redlock._core.quorum import Count, Listen, Round, Vote, Wait
 from celery_redlock.exceptions import LockError
 from tests.simulation.engine import Action, Clock
 from tests.simulation.world import World
@@ -42,7 +42,7 @@ from tests.simulation.world import World
 class Run:
     """Drive one ``_quorum`` operation to its end; its result (or error) comes back."""
 
-    algorithm: _quorum.Algorithm
+    algorithm: quorum.Algorithm
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +102,10 @@ class SimClient:
     frozen_until: float = 0.0
     stats: Stats = field(default_factory=Stats)
     #: what the masters taught this client about their restart guard (a manager's memory)
-    guards: _quorum.Guards = field(default_factory=_quorum.Guards)
+    guards: quorum.Guards = field(default_factory=quorum.Guards)
     _tokens: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _workload: Workload | None = None
-    _algorithm: _quorum.Algorithm | None = None
+    _algorithm: quorum.Algorithm | None = None
     _round: _Round | None = None
     _listener: _Listener | None = None
     _listeners: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -118,8 +118,8 @@ class SimClient:
         self.world.clients[self.id] = self
 
     @property
-    def context(self) -> _quorum.Context:
-        return _quorum.Context(self.now, self.rng, self.new_token, self.guards)
+    def context(self) -> quorum.Context:
+        return quorum.Context(self.now, self.rng, self.new_token, self.guards)
 
     def now(self) -> float:
         """The client's clock (what ``ctx.clock`` returns to the algorithm)."""
@@ -170,7 +170,7 @@ class SimClient:
                 functools.partial(self.post, functools.partial(self._resume, None))
             )
 
-    # --- the driver loop (lock.py's _Driver.run) -----------------------------------------
+    # --- the driver loop (sync.py's _Driver.run) -----------------------------------------
 
     def _step(self, result: Any) -> None:
         assert self._algorithm is not None

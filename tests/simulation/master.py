@@ -4,13 +4,13 @@ It answers in the raw reply shapes a real master sends (``[1, 0]``, ``[0, pttl]`
 ``[2, ms]``, ``1``/``0``, a PTTL), so the drivers' own :meth:`Call.parse` reads them. Time
 is its own clock in whole milliseconds, as Redis's: a key set at ``T`` with ``PX ttl`` lives
 while ``now <= T + ttl`` (Redis expires when ``now > when``), which is where the 1 ms of
-expiry slack in :data:`~celery_redlock._quorum.CLOCK_PRECISION` comes from.
+expiry slack in :data:`~celery_redlock._core.quorum.CLOCK_PRECISION` comes from.
 
 Crashes lose every key and the boot marker unless the master is persistent (AOF with
 fsync always: nothing acknowledged is lost, expiry times are absolute and keep running
 while it is down). A paused master (SIGSTOP) queues what arrives and answers it on resume.
 
-Each key's line of waiters (``_scripts.QUEUED`` and ``RELEASE``) is kept as the scripts
+Each key's line of waiters (``protocol.QUEUED`` and ``RELEASE``) is kept as the scripts
 keep it: joined in arrival order, left when granted, and a release wakes the oldest entry
 that has a subscriber, dropping the ones nobody hears (PUBLISH counts who heard).
 """
@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery_redlock._scripts import QUEUE_TTL_MS, Call, Verb
+from celery_redlock._core.protocol import QUEUE_TTL_MS, Call, Verb
 from tests.simulation.engine import Action, Clock
 
 

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from celery_redlock import _quorum
+from celery_redlock._core import quorum
 from tests.history import Overlap, find_overlaps
 from tests.simulation.driver import SimClient
 from tests.simulation.engine import Clock, Loop, NetParams, Network
@@ -247,7 +247,7 @@ def run(scenario: str, seed: int, budget: Budget = CI, *, trace: bool = False) -
         for i in range(params.masters)
     ]
     world = World(loop, net, masters, params.master_timeout, log=[] if trace else None)
-    policy = _quorum.Policy(params.masters, 0.01, params.retry_count, params.retry_delay)
+    policy = quorum.Policy(params.masters, 0.01, params.retry_count, params.retry_delay)
     clients = [
         SimClient(world, c, _clock(rng, params.spread, 1e3), random.Random(rng.getrandbits(64)))
         for c in range(params.clients)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from celery_redlock import _quorum
+from celery_redlock._core import quorum
 from celery_redlock.exceptions import LockLost, QuorumUnavailable
 from tests.simulation.driver import Freeze, Run, SimClient, Sleep, Workload
 
@@ -34,7 +34,7 @@ class Habits:
     shorten: float = 0.25  # chance a renewal asks for 0.2 to 1 TTL instead of the TTL
 
 
-def workload(client: SimClient, policy: _quorum.Policy, habits: Habits) -> Workload:
+def workload(client: SimClient, policy: quorum.Policy, habits: Habits) -> Workload:
     """Forever: think, try to lock one resource, and if won, hold it."""
     rng, ttl = client.rng, habits.ttl
     while True:
@@ -42,11 +42,11 @@ def workload(client: SimClient, policy: _quorum.Policy, habits: Habits) -> Workl
         resource = rng.choice(habits.resources)
         blocking = rng.random() < habits.blocking
         timeout = rng.uniform(0, 3 * ttl) if blocking else None
-        req = _quorum.AcquireRequest(
+        req = quorum.AcquireRequest(
             resource, KEY_PREFIX + resource, ttl, blocking, timeout, habits.guard
         )
         try:
-            lease = yield Run(_quorum.acquire(req, policy, client.context))
+            lease = yield Run(quorum.acquire(req, policy, client.context))
         except QuorumUnavailable:
             client.stats.outages += 1
             continue
@@ -56,9 +56,7 @@ def workload(client: SimClient, policy: _quorum.Policy, habits: Habits) -> Workl
         yield from hold(client, lease, policy, habits)
 
 
-def hold(
-    client: SimClient, lease: _quorum.Lease, policy: _quorum.Policy, habits: Habits
-) -> Workload:
+def hold(client: SimClient, lease: quorum.Lease, policy: quorum.Policy, habits: Habits) -> Workload:
     """Use the lock, renewing it a few times, then release it."""
     rng, ttl, history = client.rng, habits.ttl, client.world.history
     client.stats.acquired += 1
@@ -71,8 +69,8 @@ def hold(
         # As the handles do (HandleBase._extension): while the extend is out, a master may
         # already have applied it, so only the shorter validity is believed.
         now = client.context.clock()
-        history.extended(client, _quorum.unsure(lease, now, renew_to, policy.drift_factor))
-        extension = yield Run(_quorum.extend(lease, renew_to, policy, client.context))
+        history.extended(client, quorum.unsure(lease, now, renew_to, policy.drift_factor))
+        extension = yield Run(quorum.extend(lease, renew_to, policy, client.context))
         lease = extension.lease
         if isinstance(extension.error, LockLost):
             client.stats.lost += 1
@@ -81,4 +79,4 @@ def hold(
         history.extended(client, lease)  # renewed, or (an outage) what may still be believed
     yield Sleep(rng.uniform(0, habits.hold * ttl))
     history.ended(lease.token, client.world.loop.now)
-    yield Run(_quorum.release(lease.key, lease.token, policy))
+    yield Run(quorum.release(lease.key, lease.token, policy))

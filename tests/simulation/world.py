@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from celery_redlock._quorum import Lease, Vote
-from celery_redlock._scripts import Call, Outcome
+from celery_redlock._core.protocol import Call, Outcome
+from celery_redlock._core.quorum import Lease, Vote
 from tests.history import Window
 from tests.simulation.engine import Action, Loop, Network
 from tests.simulation.master import SimMaster

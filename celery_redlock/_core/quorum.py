@@ -3,7 +3,7 @@
 Each public operation is a generator. It yields *effects* (:class:`Round`: send one call to
 these masters and give me their votes; :class:`Listen`: subscribe to our wake-up channel;
 :class:`Wait`: sleep, waking early on news) and receives their results. The sync driver
-(``lock.py``), the asyncio driver (``aio.py``) and the simulator in the tests are loops of
+(``sync.py``), the asyncio driver (``aio.py``) and the simulator in the tests are loops of
 a dozen lines around the same generators, so the three can never drift apart. Time comes
 from an injected clock and chance from an injected ``random.Random``, which is what lets
 the simulator replay any schedule from its seed.
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple, TypeAlias
 
-from celery_redlock._scripts import Call, Outcome, Verb, waiter_channel
+from celery_redlock._core.protocol import Call, Outcome, Verb, waiter_channel
 from celery_redlock.exceptions import LockLost, QuorumUnavailable
 
 #: Added to every drift estimate: Redis expires keys with up to 1 ms of slack, and our
@@ -200,7 +200,7 @@ class Listen:
     """Subscribe to ``channel`` on every master; returns once subscribed (or the per-master
     timeout passed), so that a release waking us after this point cannot be missed.
 
-    The channel is one waiter's own (``_scripts.waiter_channel``): a release wakes only the
+    The channel is one waiter's own (``protocol.waiter_channel``): a release wakes only the
     oldest waiter in line on each master. A master that refuses the subscription (an ACL
     without the channel) is left out: waits there end by their timed poll alone."""
 
@@ -242,7 +242,7 @@ class Guards:
 
     Declared with every acquire from then on (when the client's own guard is on), so that
     masters that restarted empty, and forgot the longer guard with their data, apply it
-    too (see ``_scripts.ACQUIRE``). Only ever raised; two rounds racing may store the
+    too (see ``protocol.ACQUIRE``). Only ever raised; two rounds racing may store the
     shorter of their two findings, which the next round that meets the longer corrects.
     """
 
@@ -496,7 +496,7 @@ def _within_longest_guard(votes: list[Vote], declared: int, guards: Guards) -> l
 def _undo(key: str, token: str, votes: Sequence[Vote]) -> Algorithm:
     """Delete a lost round's keys wherever our token may have landed (a yes, or no
     answer), without waiting (the keys expire anyway, and waiting would slow every
-    refusal) and without announcing it (see ``_scripts.UNDO``)."""
+    refusal) and without announcing it (see ``protocol.UNDO``)."""
     maybe = tuple(i for i, v in enumerate(votes) if v.outcome not in (Outcome.NO, Outcome.ABSTAIN))
     if maybe:
         yield Round(Call(Verb.UNDO, key, token), wait=False, targets=maybe)

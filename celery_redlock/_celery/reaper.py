@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from celery_redlock.lock import Redlock
+from celery_redlock._core.sync import Redlock
 
 __all__ = ["Reaper", "reaper"]
 

@@ -25,11 +25,15 @@ import redis
 import redis.asyncio.connection as aconn
 from redis.exceptions import InvalidResponse, ResponseError
 
-from celery_redlock import _quorum
-from celery_redlock._base import HandleBase, ManagerBase, Renewal, Seconds, vote_of
-from celery_redlock._masters import Identities, MasterSpec
-from celery_redlock._quorum import Listen, Round, Vote
-from celery_redlock._scripts import Call, Outcome, identify, is_noscript, loads, server_facts
+from celery_redlock._core import quorum
+from celery_redlock._core.durations import Seconds
+from celery_redlock._core.handle import HandleBase, Renewal
+from celery_redlock._core.health import Identities
+from celery_redlock._core.manager import ManagerBase
+from celery_redlock._core.masters import MasterSpec
+from celery_redlock._core.protocol import Call, Outcome, identify, is_noscript, loads, server_facts
+from celery_redlock._core.quorum import Listen, Round, Vote
+from celery_redlock._core.replies import vote_of
 from celery_redlock.exceptions import (
     LockLost,
     LockNotAcquired,
@@ -57,7 +61,7 @@ def _protocol_error(exc: BaseException) -> InvalidResponse:
     return InvalidResponse(f"protocol error: {exc}")
 
 
-#: Sent on every new connection (see ``_scripts.loads`` and ``_scripts.identify``).
+#: Sent on every new connection (see ``protocol.loads`` and ``protocol.identify``).
 _LOADS = loads()
 _IDENTIFY = identify()
 
@@ -103,7 +107,7 @@ class _Driver:
         self._identities = Identities(manager.masters)
         self._granted = [Vote(spec.name, Outcome.YES) for spec in manager._specs]
 
-    async def run(self, algorithm: _quorum.Algorithm) -> Any:
+    async def run(self, algorithm: quorum.Algorithm) -> Any:
         """Drive one operation to its end; the sync driver's loop, with ``await``."""
         listener: _Listener | None = None
         result: Any = None
@@ -153,7 +157,7 @@ class _Driver:
             if votes[pos] is None
         }
         pending = set(tasks) if rnd.wait else set()
-        count = _quorum.Count(votes, m.policy.masters)
+        count = quorum.Count(votes, m.policy.masters)
         while not count.decided(len(pending)):
             remaining = deadline - m.clock()
             if remaining <= 0:
@@ -237,7 +241,7 @@ class _Driver:
     async def _call(self, i: int, conn: Any, call: Call) -> Any:
         # A connection's first call loads our scripts and asks what the server is ahead of
         # it, in the same write: the call goes out even if the master answers nothing in
-        # time, and its vote is made knowing the server (see ``_masters.Identities``).
+        # time, and its vote is made knowing the server (see ``health.Identities``).
         fresh = not conn.is_connected or not getattr(conn, _LOADED, False)
         opening = [*_LOADS, *_IDENTIFY] if fresh else []
         await conn.send_packed_command(
@@ -358,9 +362,7 @@ _Listener.idle = _Listener(None)
 class AsyncLock(HandleBase["AsyncRedlock"]):
     """A held lock, for asyncio: :class:`~celery_redlock.Lock`'s twin with awaitable verbs."""
 
-    def __init__(
-        self, manager: AsyncRedlock, lease: _quorum.Lease, renewal: Renewal | None
-    ) -> None:
+    def __init__(self, manager: AsyncRedlock, lease: quorum.Lease, renewal: Renewal | None) -> None:
         super().__init__(manager, lease, renewal)
         self._mutex = asyncio.Lock()
         self._renewer: asyncio.Task[None] | None = None
@@ -374,7 +376,7 @@ class AsyncLock(HandleBase["AsyncRedlock"]):
             if self._renewer is not None:
                 self._renewer.cancel()
         released, votes = await self._manager._driver.run(
-            _quorum.release(self.key, self.token, self._manager.policy)
+            quorum.release(self.key, self.token, self._manager.policy)
         )
         return self._manager._released(self.resource, released, votes)
 
@@ -439,7 +441,7 @@ class AsyncRedlock(ManagerBase):
         """Lock ``resource`` for ``ttl`` seconds; see :meth:`Redlock.acquire`."""
         req = self._request(resource, ttl, blocking, timeout, owner)
         renewal = self._renewal(req.ttl, auto_renew, renew_every, max_hold, on_lost)
-        lease = await self._driver.run(_quorum.acquire(req, self.policy, self._ctx))
+        lease = await self._driver.run(quorum.acquire(req, self.policy, self._ctx))
         if lease is None:
             return None
         lock = AsyncLock(self, lease, renewal)
@@ -468,18 +470,18 @@ class AsyncRedlock(ManagerBase):
         """Release by ``(resource, token)``; only keys holding exactly this token go."""
         key = self.settings.key(resource)
         token = self._token(token)
-        released, votes = await self._driver.run(_quorum.release(key, token, self.policy))
+        released, votes = await self._driver.run(quorum.release(key, token, self.policy))
         return self._released(resource, released, votes)
 
     async def locked(self, resource: str) -> bool:
         """Whether a quorum of masters holds ``resource`` now (by anyone)."""
         key = self.settings.key(resource)
-        held, _votes = await self._driver.run(_quorum.inspect(resource, key, self.policy))
+        held, _votes = await self._driver.run(quorum.inspect(resource, key, self.policy))
         return bool(held)
 
     async def holder(self, resource: str) -> str | None:
         """The ``owner`` text of whoever holds ``resource``; see :meth:`Redlock.holder`."""
-        owner: str | None = await self._driver.run(_quorum.holder(self.settings.key(resource)))
+        owner: str | None = await self._driver.run(quorum.holder(self.settings.key(resource)))
         return owner
 
     async def close(self) -> None:

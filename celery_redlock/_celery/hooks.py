@@ -32,10 +32,10 @@ from celery import bootsteps
 from celery import signals as celery_signals
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
-from celery_redlock._appstate import state_of
-from celery_redlock._masters import redact
-from celery_redlock._reaper import reaper
-from celery_redlock._run import HEADER_RESOURCE, HEADER_TOKEN, header
+from celery_redlock._celery.appstate import state_of
+from celery_redlock._celery.reaper import reaper
+from celery_redlock._celery.run import HEADER_RESOURCE, HEADER_TOKEN, header
+from celery_redlock._core.masters import redact
 from celery_redlock.exceptions import ConfigurationError
 
 __all__ = ["install"]

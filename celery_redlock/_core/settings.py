@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from celery_redlock._masters import seconds
+from celery_redlock._core.durations import bounded, seconds
 from celery_redlock.exceptions import ConfigurationError
 
 __all__ = ["LockSettings"]
@@ -71,9 +71,9 @@ class LockSettings:
         if not isinstance(key_prefix, str):
             raise ConfigurationError(f"key_prefix must be a string, got {key_prefix!r}")
         check_utf8(key_prefix, "key_prefix")
-        object.__setattr__(self, "master_timeout", _bounded(master_timeout, "master_timeout"))
+        object.__setattr__(self, "master_timeout", bounded(master_timeout, "master_timeout"))
         object.__setattr__(self, "retry_count", retry_count)
-        object.__setattr__(self, "retry_delay", _bounded(retry_delay, "retry_delay", zero=True))
+        object.__setattr__(self, "retry_delay", bounded(retry_delay, "retry_delay", zero=True))
         object.__setattr__(self, "drift_factor", _drift_factor(drift_factor))
         object.__setattr__(self, "key_prefix", key_prefix)
         guard = seconds(restart_guard, "restart_guard", allow_zero=True)
@@ -151,23 +151,3 @@ def _shown(value: Any) -> str:
     if isinstance(value, int) and value.bit_length() > 64:
         return f"an int of {value.bit_length()} bits"
     return repr(value)
-
-
-#: No per-master timeout or retry delay is this long on purpose: a larger value is almost
-#: certainly milliseconds carried over from another Redlock library.
-MAX_DELAY = 60.0
-
-
-def _bounded(value: Any, setting: str, *, zero: bool = False) -> float:
-    result = seconds(value, setting, allow_zero=zero)
-    if result > MAX_DELAY:
-        raise ConfigurationError(
-            f"{setting} is {result} seconds: durations here are seconds, not milliseconds"
-            f" (at most {MAX_DELAY:.0f})"
-        )
-    return result
-
-
-def timeout_seconds(value: Any) -> float | None:
-    """A wait timeout: None (wait as long as it takes) or seconds at least 0."""
-    return None if value is None else seconds(value, "timeout", allow_zero=True)

@@ -40,19 +40,16 @@ from typing import Any, cast
 import redis
 from redis.exceptions import InvalidResponse, RedisError
 
-from celery_redlock import _quorum, _resp
-from celery_redlock._base import HandleBase, ManagerBase, Seconds, vote_of
-from celery_redlock._masters import Identities, MasterSpec
-from celery_redlock._quorum import Listen, Round, Vote
-from celery_redlock._resp import INCOMPLETE
-from celery_redlock._scripts import (
-    Call,
-    Outcome,
-    identify,
-    is_noscript,
-    loads,
-    server_facts,
-)
+from celery_redlock._core import quorum, resp
+from celery_redlock._core.durations import Seconds
+from celery_redlock._core.handle import HandleBase
+from celery_redlock._core.health import Identities
+from celery_redlock._core.manager import ManagerBase
+from celery_redlock._core.masters import MasterSpec
+from celery_redlock._core.protocol import Call, Outcome, identify, is_noscript, loads, server_facts
+from celery_redlock._core.quorum import Listen, Round, Vote
+from celery_redlock._core.replies import vote_of
+from celery_redlock._core.resp import INCOMPLETE
 from celery_redlock.exceptions import LockLost, LockNotAcquired
 
 __all__ = ["Lock", "Redlock"]
@@ -63,11 +60,11 @@ _IO_ERRORS = (redis.ConnectionError, redis.TimeoutError, InvalidResponse, OSErro
 #: A non-blocking socket's "not now" (a TLS socket may want to read in order to write).
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
-#: Sent on every new connection, ahead of the first call (see ``_scripts.loads`` and
-#: ``_scripts.identify``): our scripts, then what the server says it is.
+#: Sent on every new connection, ahead of the first call (see ``protocol.loads`` and
+#: ``protocol.identify``): our scripts, then what the server says it is.
 _LOADS = loads()
 _IDENTIFY = identify()
-_PACKED_OPENING = b"".join(map(_resp.pack, [*_LOADS, *_IDENTIFY]))
+_PACKED_OPENING = b"".join(map(resp.pack, [*_LOADS, *_IDENTIFY]))
 
 #: Bytes asked of the socket per read: every reply the driver expects fits many times.
 _CHUNK = 65536
@@ -91,7 +88,7 @@ class _Link:
     The socket is non-blocking once connected (the handshake, TLS included, is redis-py's,
     bounded by the timeout): the driver polls every master's socket at once, so a
     per-socket timeout would only make Python poll again before each send and receive.
-    Replies are parsed from what the driver reads (:mod:`celery_redlock._resp`).
+    Replies are parsed from what the driver reads (:mod:`celery_redlock._core.resp`).
 
     ``owed`` holds one entry per reply still due for a command whose round settled
     without it: the call, for a release (sent again with its script's source if the late
@@ -129,7 +126,7 @@ class _Link:
         self.identities = identities
         self.index = index
         self.sock: socket.socket | None = None
-        self.reader = _resp.new_reader()
+        self.reader = resp.new_reader()
         self.owed: collections.deque[Call | _Opening | None] = collections.deque()
         self.owed_since = 0.0
         self.proven = False  # answered before: a failure may just mean the master restarted
@@ -143,7 +140,7 @@ class _Link:
         sock: socket.socket = self.conn._sock
         sock.setblocking(False)
         self.sock = sock
-        self.reader = _resp.new_reader()
+        self.reader = resp.new_reader()
         self.owed_since = self.clock()
         self.owed.extend([None] * len(_LOADS))
         self.owed.extend([_Opening(self.identities, self.index)] * len(_IDENTIFY))
@@ -249,7 +246,7 @@ class _Link:
         if isinstance(again, _Opening):
             again.add(reply)
         elif again is not None and isinstance(reply, RedisError) and is_noscript(reply):
-            self.send(_resp.pack(again.fallback()))
+            self.send(resp.pack(again.fallback()))
             self.owe(self.clock())
 
     def overdue(self, now: float, timeout: float) -> bool:
@@ -316,7 +313,7 @@ class _Driver:
         self._free: list[tuple[int, list[_Link]]] = []  # (fork generation, links) not in use
         self._all: weakref.WeakSet[_Link] = weakref.WeakSet()
 
-    def run(self, algorithm: _quorum.Algorithm) -> Any:
+    def run(self, algorithm: quorum.Algorithm) -> Any:
         """Drive one operation to its end; the loop the asyncio driver mirrors."""
         listener: _Listener | None = None
         result: Any = None
@@ -374,7 +371,7 @@ class _Driver:
         # The same bytes for every master. A round nobody waits for carries the script's
         # source: its replies are drained unread, so a NOSCRIPT could not be answered.
         call = rnd.call
-        packed = call.packed() if wait else _resp.pack(call.fallback())
+        packed = call.packed() if wait else resp.pack(call.fallback())
         for pos, i in enumerate(targets):
             link = links[i]
             # Only a master owing replies or in its cool-down needs a closer look.
@@ -434,7 +431,7 @@ class _Driver:
         m = self._m
         clock = m.clock
         call = rnd.call
-        count = _quorum.Count(votes, m.policy.masters)
+        count = quorum.Count(votes, m.policy.masters)
         poller = select.poll()
         for fd in waiting:
             poller.register(fd, select.POLLIN)
@@ -494,7 +491,7 @@ class _Driver:
         name = self._m._specs[i].name
         if isinstance(reply, RedisError):
             if is_noscript(reply):
-                return self._resend(i, link, _resp.pack(call.fallback()))
+                return self._resend(i, link, resp.pack(call.fallback()))
             return Vote(name, Outcome.ERROR, error=_describe(reply))
         link.proven = True
         health = self._m._health[i]
@@ -531,7 +528,7 @@ class _Listener:
 
     Every message counts, the other masters' copies of one release included: each says
     that one more master freed the key for us, and the algorithm asks again once enough
-    of them came (see ``_quorum.acquire``).
+    of them came (see ``quorum.acquire``).
     """
 
     idle: _Listener
@@ -618,7 +615,7 @@ class Lock(HandleBase["Redlock"]):
     that runs out, when it is released, or when automatic renewal reported it lost.
     """
 
-    def __init__(self, manager: Redlock, lease: _quorum.Lease, renewal: Any) -> None:
+    def __init__(self, manager: Redlock, lease: quorum.Lease, renewal: Any) -> None:
         super().__init__(manager, lease, renewal)
         self._mutex = threading.Lock()
 
@@ -632,7 +629,7 @@ class Lock(HandleBase["Redlock"]):
                 return False
             self._released = True
         released, votes = self._manager._driver.run(
-            _quorum.release(self.key, self.token, self._manager.policy)
+            quorum.release(self.key, self.token, self._manager.policy)
         )
         return self._manager._released(self.resource, released, votes)
 
@@ -815,7 +812,7 @@ class Redlock(ManagerBase):
         """
         req = self._request(resource, ttl, blocking, timeout, owner)
         renewal = self._renewal(req.ttl, auto_renew, renew_every, max_hold, on_lost)
-        lease = self._driver.run(_quorum.acquire(req, self.policy, self._ctx))
+        lease = self._driver.run(quorum.acquire(req, self.policy, self._ctx))
         if lease is None:
             return None
         lock = Lock(self, lease, renewal)
@@ -851,20 +848,20 @@ class Redlock(ManagerBase):
         """
         key = self.settings.key(resource)
         token = self._token(token)
-        released, votes = self._driver.run(_quorum.release(key, token, self.policy))
+        released, votes = self._driver.run(quorum.release(key, token, self.policy))
         return self._released(resource, released, votes)
 
     def locked(self, resource: str) -> bool:
         """Whether a quorum of masters holds ``resource`` now (by anyone)."""
         key = self.settings.key(resource)
-        held, _votes = self._driver.run(_quorum.inspect(resource, key, self.policy))
+        held, _votes = self._driver.run(quorum.inspect(resource, key, self.policy))
         return bool(held)
 
     def holder(self, resource: str) -> str | None:
         """The ``owner`` text of whoever holds ``resource``, as a quorum of masters agrees;
         None when it is free, held without an owner, or no quorum agrees (a race, an
         outage). The token's secret part never leaves this call."""
-        owner: str | None = self._driver.run(_quorum.holder(self.settings.key(resource)))
+        owner: str | None = self._driver.run(quorum.holder(self.settings.key(resource)))
         return owner
 
     def close(self) -> None:

@@ -20,12 +20,12 @@ from typing import Any
 from celery.exceptions import Reject, Retry
 
 from celery_redlock import signals
-from celery_redlock._handoff import as_owner, owner_of
-from celery_redlock._reaper import reaper
+from celery_redlock._celery.appconf import OUTAGE_COUNTDOWN_MAX, LockOptions, OnDuplicate, OnOutage
+from celery_redlock._celery.handoff import as_owner, owner_of
+from celery_redlock._celery.reaper import reaper
+from celery_redlock._core.sync import Lock, Redlock
 from celery_redlock.exceptions import LockLost, QuorumUnavailable
-from celery_redlock.lock import Lock, Redlock
 from celery_redlock.outcomes import TaskLocked, skipped
-from celery_redlock.settings import OUTAGE_COUNTDOWN_MAX, LockOptions, OnDuplicate, OnOutage
 
 logger = logging.getLogger("celery_redlock")
 

@@ -11,8 +11,8 @@ import threading
 import weakref
 from typing import Any
 
-from celery_redlock.lock import Redlock
-from celery_redlock.settings import RedlockConfig
+from celery_redlock._celery.appconf import RedlockConfig
+from celery_redlock._core.sync import Redlock
 
 __all__ = ["AppState", "state_of"]
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple
 
-from celery_redlock._resp import pack
-from celery_redlock._server import INFO_SECTIONS, ServerFacts, parse_info
+from celery_redlock._core.resp import pack
+from celery_redlock._core.server import INFO_SECTIONS, ServerFacts, parse_info
 
 
 class Outcome(Enum):
@@ -102,7 +102,7 @@ def parse_marker(raw: bytes | str | None) -> Marker | None:
 # enforces the longer of that and the declared one. A master that lost its data lost that
 # memory too, so the script alone cannot protect a long-guard client's lock from a
 # short-guard client after a majority restarted empty: the masters that kept their data
-# report their longer guard, and the algorithm (``_quorum.acquire``) then counts no grant
+# report their longer guard, and the algorithm (``quorum.acquire``) then counts no grant
 # from a master that knew only a shorter one, and declares the longer one from then on.
 # The guard follows a decimal point so that clients of 0.1, which read the marker with
 # ``tonumber``, see a boot time less than a millisecond off instead of a missing marker
@@ -166,7 +166,7 @@ return 0
 QUEUE_PREFIX = "__celery_redlock_waiters__:"
 
 #: How long a line outlives its last waiter's last attempt (ms). Every waiter asks again
-#: at least once per ``_quorum.FALLBACK_POLL``, each time keeping the line alive for this
+#: at least once per ``quorum.FALLBACK_POLL``, each time keeping the line alive for this
 #: long, so it lapses only once its waiters are gone; its entries are only hints.
 QUEUE_TTL_MS = 10_000
 
@@ -437,7 +437,7 @@ def loads() -> list[tuple[str, str, str]]:
 def identify() -> list[tuple[str, str]]:
     """The INFO commands sent with :func:`loads` on every new connection: what the server
     says it is (``_server.ServerFacts``) decides whether its votes count
-    (``_masters.Identities``). In the connection's first write, so no round trip of its own."""
+    (``health.Identities``). In the connection's first write, so no round trip of its own."""
     return [("INFO", section) for section in INFO_SECTIONS]
 
 

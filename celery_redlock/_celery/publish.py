@@ -3,7 +3,7 @@ returns that call's ``AsyncResult`` instead of publishing a second message.
 
 The publisher takes the call's key, owned by the new task id, and passes the lock's
 token in the message headers; the run frees it and takes the key as its own (see
-``_run._adopt``). The queue-time lock lasts ``lock_dedup_ttl`` plus the message's
+``run._adopt``). The queue-time lock lasts ``lock_dedup_ttl`` plus the message's
 countdown or ETA, so a delayed message keeps its key until it is due. Nothing is ever
 dropped: if the holder cannot be named, or the masters cannot be reached, the message is
 published and the worker-side lock decides.
@@ -26,12 +26,12 @@ from celery.utils.time import subtract_datetimes
 from kombu import serialization
 
 from celery_redlock import signals
-from celery_redlock._appstate import state_of
-from celery_redlock._handoff import as_owner
-from celery_redlock._run import HEADER_OUTAGE, HEADER_RESOURCE, HEADER_TOKEN, window_of
+from celery_redlock._celery.appconf import LockOptions
+from celery_redlock._celery.appstate import state_of
+from celery_redlock._celery.handoff import as_owner
+from celery_redlock._celery.run import HEADER_OUTAGE, HEADER_RESOURCE, HEADER_TOKEN, window_of
+from celery_redlock._core.sync import Lock, Redlock
 from celery_redlock.exceptions import QuorumUnavailable
-from celery_redlock.lock import Lock, Redlock
-from celery_redlock.settings import LockOptions
 
 logger = logging.getLogger("celery_redlock")
 

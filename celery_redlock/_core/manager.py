@@ -1,0 +1,168 @@
+"""What the sync and asyncio front ends share: settings, masters, handle state, renewal policy.
+
+Only decisions live here; anything that waits or talks to a master is the drivers'.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from celery_redlock._core import quorum
+from celery_redlock._core.durations import Seconds, seconds, timeout_seconds
+from celery_redlock._core.handle import Renewal
+from celery_redlock._core.health import Health
+from celery_redlock._core.masters import MasterSpec, parse_masters
+from celery_redlock._core.protocol import Outcome
+from celery_redlock._core.quorum import AcquireRequest, Vote
+from celery_redlock._core.settings import LockSettings, check_utf8
+from celery_redlock.exceptions import ConfigurationError, LockLost
+
+logger = logging.getLogger("celery_redlock")
+
+#: Jitter source, reseeded in every forked child so that siblings forked from one
+#: parent do not retry in lockstep after a split vote.
+_rng = random.Random()
+os.register_at_fork(after_in_child=_rng.seed)
+
+
+def new_token() -> str:
+    """128 bits from the OS's CSPRNG: unguessable, so nobody can forge a release."""
+    return secrets.token_hex(16)
+
+
+class ManagerBase:
+    """Settings, masters and the algorithm's context, common to both lock managers."""
+
+    def __init__(
+        self,
+        masters: Sequence[Any],
+        *,
+        settings: LockSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        **options: Any,
+    ) -> None:
+        if settings is not None and options:
+            raise ConfigurationError("give either settings or individual options, not both")
+        try:
+            self.settings = settings or LockSettings(**options)
+        except TypeError as exc:
+            raise ConfigurationError(f"unknown lock option: {exc}") from None
+        self._specs: tuple[MasterSpec, ...] = parse_masters(masters)
+        self._health = [Health() for _ in self._specs]
+        self.policy = quorum.Policy(
+            len(self._specs),
+            self.settings.drift_factor,
+            self.settings.retry_count,
+            self.settings.retry_delay,
+        )
+        self._ctx = quorum.Context(clock, _rng, new_token)
+        #: Monotonic seconds: the clock the algorithm is given (injected by the simulator).
+        self.clock = clock
+        self._unwakeable: set[str] = set()  # masters warned of: releases there wake nobody
+        if len(self._specs) % 2 == 0:
+            logger.warning(
+                "%d Redis masters: an even count tolerates no more failures than %d would;"
+                " use an odd number",
+                len(self._specs),
+                len(self._specs) - 1,
+            )
+
+    def _released(self, resource: str, released: bool, votes: Sequence[Vote]) -> bool:
+        """A release's answer, logging what it did not do: reach a quorum (INFO), or wake
+        the next waiter on a master that deleted our key (see :meth:`_cannot_wake`)."""
+        for vote in votes:
+            if vote.outcome is Outcome.YES and vote.error:
+                self._cannot_wake(vote.master, vote.error)
+        if not released:
+            logger.info("release of %r reached no quorum: %s", resource, "; ".join(map(str, votes)))
+        return bool(released)
+
+    def _subscription_refused(self, i: int, error: Exception) -> None:
+        """Master ``i`` refused a waiter's SUBSCRIBE with an error reply (an ACL)."""
+        cause = f"subscribe refused: {type(error).__name__}: {error}"
+        self._cannot_wake(self._specs[i].name, cause)
+
+    def _cannot_wake(self, master: str, cause: str) -> None:
+        """Warn, once per master, that blocked waiters there cannot be woken by releases:
+        nothing is lost (they still ask again by their timed poll), but every hand-off
+        there then waits for that poll, and an operator can fix the cause (the ACL)."""
+        if master in self._unwakeable:
+            return
+        self._unwakeable.add(master)
+        logger.warning(
+            "master %s cannot wake blocked waiters (%s): they ask again every %g s instead;"
+            " the user needs PUBLISH, SUBSCRIBE and the channels &%s*",
+            master,
+            cause,
+            quorum.FALLBACK_POLL,
+            self.settings.key_prefix,
+        )
+
+    @property
+    def masters(self) -> tuple[str, ...]:
+        """The masters' redacted names, in order."""
+        return tuple(spec.name for spec in self._specs)
+
+    @property
+    def quorum(self) -> int:
+        return self.policy.quorum
+
+    @staticmethod
+    def _token(token: Any) -> str:
+        """A token given back to release by: the non-empty text a handle's ``token`` is."""
+        if not isinstance(token, str) or not token:
+            raise ConfigurationError("token must be a non-empty string")
+        if not token.isascii():
+            check_utf8(token, "token")
+        return token
+
+    def _request(
+        self,
+        resource: str,
+        ttl: Seconds,
+        blocking: bool,
+        timeout: Seconds | None,
+        owner: str | None = None,
+    ) -> AcquireRequest:
+        key = self.settings.key(resource)
+        if owner is not None and (
+            not isinstance(owner, str) or len(owner) > 200 or not owner.isprintable()
+        ):
+            raise ConfigurationError(
+                f"owner must be printable text of at most 200 characters, not {owner!r}"
+            )
+        return quorum.AcquireRequest(
+            resource,
+            key,
+            self.settings.ttl(ttl),
+            bool(blocking),
+            timeout_seconds(timeout),
+            self.settings.restart_guard,
+            owner or "",
+        )
+
+    def _renewal(
+        self,
+        ttl: float,
+        auto_renew: bool,
+        renew_every: Seconds | None,
+        max_hold: Seconds | None,
+        on_lost: Callable[[Any, LockLost], None] | None,
+    ) -> Renewal | None:
+        if not auto_renew:
+            if renew_every is not None or max_hold is not None:
+                raise ConfigurationError("renew_every and max_hold need auto_renew=True")
+            return None
+        every = ttl / 3 if renew_every is None else seconds(renew_every, "renew_every")
+        if every >= ttl:
+            raise ConfigurationError(
+                f"renew_every ({every} s) must be shorter than the ttl ({ttl} s)"
+            )
+        hold = None if max_hold is None else seconds(max_hold, "max_hold")
+        return Renewal(every, hold, on_lost)

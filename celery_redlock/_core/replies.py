@@ -1,0 +1,37 @@
+"""A master's reply, or its failure, as a vote: the one step both drivers share."""
+
+from __future__ import annotations
+
+import reprlib
+from typing import Any
+
+from celery_redlock._core import quorum
+from celery_redlock._core.protocol import GRANTED, Call, Outcome
+
+#: Shows a master's unexpected reply in a vote: short, and safe for any nesting depth.
+_shown = reprlib.Repr()
+_shown.maxlevel, _shown.maxlist, _shown.maxstring, _shown.maxother = 3, 4, 80, 80
+
+
+def unexpected(reply: object, why: Exception) -> str:
+    """Why a reply that ``Call.parse`` refused (``why``) is an ERROR vote, in both drivers'
+    words: whatever a master sends is a vote, never an exception out of a round."""
+    return f"unexpected reply {_shown.repr(reply)}: {why}"
+
+
+def vote_of(
+    name: str, call: Call, reply: Any, problem: str | None, granted: quorum.Vote
+) -> quorum.Vote:
+    """A master's well-formed reply as its vote, the same in both drivers: an ERROR vote
+    when the master may not vote (``problem``: it evicts, or is another master), or when
+    ``Call.parse`` refuses the reply; ``granted`` is the caller's ready yes-vote."""
+    if problem is not None:
+        return quorum.Vote(name, Outcome.ERROR, error=problem)
+    try:
+        parsed = call.parse(reply)
+    except Exception as exc:  # any malformed reply is an ERROR vote
+        return quorum.Vote(name, Outcome.ERROR, error=unexpected(reply, exc))
+    if parsed is GRANTED:
+        return granted
+    outcome, pttl_ms, owner, note, guard_ms = parsed
+    return quorum.Vote(name, outcome, pttl_ms, note, owner, guard_ms)
