@@ -53,8 +53,8 @@ class PreforkWorker:
         ends and the key is free: ``del`` (released, by its run or by the reaper) or
         ``expired`` (nobody released it). A test of *how* a key came free does not rest
         on how long that took on a loaded machine."""
-        prefix = state_of(self.app).manager.settings.key_prefix
-        key = prefix + self.app.tasks[task].lock_resource(*args)
+        settings = state_of(self.app).manager.settings
+        key = settings.key(self.app.tasks[task].lock_resource(*args))
         events: list[str] = []
         subscribers = []
         for url in self.masters.urls:

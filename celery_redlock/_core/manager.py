@@ -1,4 +1,4 @@
-"""What the sync and asyncio front ends share: settings, masters, handle state, renewal policy.
+"""What the sync and asyncio lock managers share: settings, masters, the algorithm's context.
 
 Only decisions live here; anything that waits or talks to a master is the drivers'.
 """

@@ -6,10 +6,6 @@ client arguments, or as ready ``redis.Redis`` clients. All three become a
 (a user's client with no socket timeout would otherwise let one hung master stall every
 round forever), plus a redacted display name that is the only way a master is ever named
 in an error, a log line or a repr.
-
-:class:`Health` is the per-master circuit breaker both drivers share: a master that just
-timed out or refused us is skipped for a short, growing cool-down instead of costing the
-full per-master timeout on every round.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A master's reply, or its failure, as a vote: the one step both drivers share."""
+"""A master's reply as its vote: the one step both drivers share."""
 
 from __future__ import annotations
 
