@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from celery_redlock import AsyncRedlock, QuorumUnavailable, Redlock
+from celery_redlock._core import replies
 from celery_redlock._core.protocol import Outcome
 from celery_redlock._core.quorum import Vote
 from celery_redlock.testing import RedisGroup, RedisServer, free_port
@@ -191,7 +192,7 @@ def test_evicted_lock_keys_cannot_let_a_second_holder_in(fresh3: RedisGroup) -> 
     # The third master keeps its vote: a yes, unless the round settled on the two
     # refusals before its reply was read (an outage either way).
     third = refusal.votes[2]
-    assert third.outcome is Outcome.YES or third.error == "settled without it", third
+    assert third.outcome is Outcome.YES or third.error == replies.SETTLED_WITHOUT, third
 
 
 @pytest.mark.parametrize("driver", DRIVERS)

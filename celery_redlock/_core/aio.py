@@ -25,7 +25,7 @@ import redis
 import redis.asyncio.connection as aconn
 from redis.exceptions import InvalidResponse, ResponseError
 
-from celery_redlock._core import quorum
+from celery_redlock._core import quorum, replies
 from celery_redlock._core.durations import Seconds
 from celery_redlock._core.handle import HandleBase, Renewal
 from celery_redlock._core.health import Identities
@@ -169,7 +169,7 @@ class _Driver:
                 vote = task.result()
                 votes[tasks[task]] = vote
                 count.add(vote)
-        error = "no reply when the round settled" if rnd.wait else "not awaited"
+        error = replies.SETTLED_WITHOUT if rnd.wait else replies.NOT_AWAITED
         for task, pos in tasks.items():
             if votes[pos] is None:
                 self._background.add(task)

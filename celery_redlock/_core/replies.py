@@ -8,6 +8,11 @@ from typing import Any
 from celery_redlock._core import quorum
 from celery_redlock._core.protocol import GRANTED, Call, Outcome
 
+#: The vote of a master whose reply a round did not wait for: it settled first, or it was
+#: sent without waiting (a release's clean-up). One wording, whichever driver ran it.
+SETTLED_WITHOUT = "settled without it"
+NOT_AWAITED = "not awaited"
+
 #: Shows a master's unexpected reply in a vote: short, and safe for any nesting depth.
 _shown = reprlib.Repr()
 _shown.maxlevel, _shown.maxlist, _shown.maxstring, _shown.maxother = 3, 4, 80, 80

@@ -40,7 +40,7 @@ from typing import Any, cast
 import redis
 from redis.exceptions import InvalidResponse, RedisError
 
-from celery_redlock._core import quorum, resp
+from celery_redlock._core import quorum, replies, resp
 from celery_redlock._core.durations import Seconds
 from celery_redlock._core.handle import HandleBase
 from celery_redlock._core.health import Identities
@@ -388,7 +388,7 @@ class _Driver:
             for _pos, i in waiting.values():
                 links[i].owe(now)
             return [
-                v or Vote(m._specs[t].name, Outcome.ERROR, error="not awaited")
+                v or Vote(m._specs[t].name, Outcome.ERROR, error=replies.NOT_AWAITED)
                 for v, t in zip(votes, targets, strict=True)
             ]
         # The deadline runs from the end of the sends: a slow send must not use up the
@@ -471,7 +471,7 @@ class _Driver:
                 error = f"TimeoutError: no reply within {m.settings.master_timeout * 1000:.0f} ms"
                 m._health[i].failed(now, error)
             else:
-                error = "settled without it"
+                error = replies.SETTLED_WITHOUT
             votes[pos] = Vote(m._specs[i].name, Outcome.ERROR, error=error)
 
     def _read(self, i: int, link: _Link, call: Call) -> Vote | None:

@@ -30,7 +30,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from celery_redlock._core import quorum
+from celery_redlock._core import quorum, replies
 from celery_redlock._core.protocol import Call, Outcome
 from celery_redlock._core.quorum import Count, Listen, Round, Vote, Wait
 from celery_redlock.exceptions import LockError
@@ -212,7 +212,7 @@ class SimClient:
             self.world.send_call(self, i, rnd.call, on_vote)
         if not rnd.wait:
             names = [self.world.masters[i].name for i in targets]
-            votes = [Vote(name, Outcome.ERROR, error="not awaited") for name in names]
+            votes = [Vote(name, Outcome.ERROR, error=replies.NOT_AWAITED) for name in names]
             self.world.loop.soon(functools.partial(self.post, functools.partial(self._step, votes)))
             return
         self.after(self.world.master_timeout, functools.partial(self._settle, state, True))
@@ -242,7 +242,7 @@ class SimClient:
                 self.epochs[i] += 1
                 state.votes[pos] = Vote(name, Outcome.ERROR, error="TimeoutError")
             else:
-                state.votes[pos] = Vote(name, Outcome.ERROR, error="settled without it")
+                state.votes[pos] = Vote(name, Outcome.ERROR, error=replies.SETTLED_WITHOUT)
         self._step([v for v in state.votes if v is not None])
 
     # --- listening and waiting -----------------------------------------------------------
