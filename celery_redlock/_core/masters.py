@@ -11,7 +11,6 @@ in an error, a log line or a repr.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import ipaddress
 import logging
 import os
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit
 import redis
 from redis.retry import Retry
 
+from celery_redlock._core.connect import OPTIONS, Endpoint, endpoint_of, init_parameters
 from celery_redlock.exceptions import ConfigurationError
 
 logger = logging.getLogger("celery_redlock")
@@ -38,7 +38,9 @@ class MasterSpec:
 
     name: str
     identity: tuple[str, ...]
-    connection_class: type[Any]
+    endpoint: Endpoint = field(repr=False)
+    #: redis-py's connection class and arguments, for the admin commands' redis-py clients.
+    connection_class: type[Any] = field(repr=False)
     kwargs: Mapping[str, Any] = field(repr=False)
 
     def __repr__(self) -> str:
@@ -194,10 +196,6 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__} (its text is withheld: it may quote the URL)"
 
 
-#: Per-pool machinery a client's settings carry in redis-py 8; our connections make their own.
-_POOL_BOUND = ("maint_notifications_", "orig_", "himport_registry")
-
-
 def _from_client(client: Any) -> tuple[type[Any], dict[str, Any]]:
     pool = client.connection_pool
     return pool.connection_class, dict(pool.connection_kwargs)
@@ -239,21 +237,12 @@ def _check_whole(
     raise ConfigurationError(f"master option {name} must be a whole number {span}, not {shown}")
 
 
-def _accepted(connection_class: type[Any]) -> set[str]:
-    names: set[str] = set()
-    for klass in connection_class.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is not None:
-            names |= set(inspect.signature(init).parameters)
-    return names
-
-
 def _apply_overrides(connection_class: type[Any], kwargs: dict[str, Any]) -> None:
     """Settings we impose: no handshake beyond AUTH/SELECT, no hidden retries, RESP2, and
     UTF-8: the sync driver packs keys and tokens itself in UTF-8, so a client's other
     ``encoding`` would give the asyncio driver and the release listener other bytes for
     the same resource (two holders of one lock, waiters deaf to its release)."""
-    accepted = _accepted(connection_class)
+    accepted = set(init_parameters(connection_class))
     wanted: dict[str, Any] = {
         "retry": Retry(redis.backoff.NoBackoff(), 0),
         "retry_on_timeout": False,
@@ -287,10 +276,11 @@ def parse_master(master: Any) -> MasterSpec:
             "a master must be a URL, a dict of redis-py arguments or a redis.Redis client,"
             f" not {type(master).__name__}"
         )
-    kwargs = {k: v for k, v in kwargs.items() if not k.startswith(_POOL_BOUND)}
+    endpoint = endpoint_of(klass, kwargs)
+    kwargs = {k: v for k, v in kwargs.items() if k in OPTIONS or k == "socket_timeout"}
     _apply_overrides(klass, kwargs)
     name, identity = _describe(kwargs, klass)
-    return MasterSpec(name, identity, klass, kwargs)
+    return MasterSpec(name, identity, endpoint, klass, kwargs)
 
 
 def parse_masters(masters: Sequence[Any]) -> tuple[MasterSpec, ...]:
