@@ -94,7 +94,7 @@ def _client(spec: MasterSpec, timeout: float) -> redis.Redis:
 
 
 def _clients(manager: ManagerBase, timeout: float) -> Iterator[tuple[MasterSpec, redis.Redis]]:
-    for spec in manager._specs:
+    for spec in manager.roster.specs:
         client = _client(spec, timeout)
         try:
             yield spec, client

@@ -211,9 +211,9 @@ def test_a_clean_up_reaches_a_master_in_its_cool_down(fresh3: RedisGroup, clean_
             with fresh3[2].client() as client:
                 assert await until(lambda: client.exists(key) == 1, timeout=5)
                 await asyncio.sleep(0.05)  # its exchange done, the connection back as idle
-                dlm._health[2].failed(dlm.clock(), "a hiccup")
+                dlm.roster.health[2].failed(dlm.clock(), "a hiccup")
                 if clean_up == "release":
-                    assert dlm._health[2].skip_reason(dlm.clock()) is not None
+                    assert dlm.roster.health[2].skip_reason(dlm.clock()) is not None
                     assert await lock.release()
                 else:
                     undo = quorum.Round(Call(Verb.UNDO, key, lock.token), wait=False)

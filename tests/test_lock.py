@@ -554,7 +554,7 @@ def test_a_release_reaches_a_master_in_its_cool_down(fresh3: RedisGroup) -> None
             fresh3[2].resume()
             with fresh3[2].client() as client:
                 client.ping()  # it has answered our late call too: slow, not hung
-            cooling = dlm._health[2].down_until > dlm.clock() + 0.02
+            cooling = dlm.roster.health[2].down_until > dlm.clock() + 0.02
             assert lock.release()
             if cooling:
                 break

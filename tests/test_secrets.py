@@ -119,7 +119,7 @@ def _config_or_lock(master: Any) -> str:
         return f"{exc} {exc!r}"
     out = [repr(config)]
     with Redlock(list(config.masters), retry_count=0) as dlm:
-        out += [repr(dlm), str(dlm), *map(repr, dlm._specs), *dlm.masters]
+        out += [repr(dlm), str(dlm), *map(repr, dlm.roster.specs), *dlm.masters]
         with pytest.raises(QuorumUnavailable) as info:
             dlm.acquire("r", 10)
         out += [str(info.value), repr(info.value), *map(str, info.value.votes)]

@@ -28,12 +28,11 @@ from redis.exceptions import InvalidResponse, ResponseError
 from celery_redlock._core import quorum, replies
 from celery_redlock._core.durations import Seconds
 from celery_redlock._core.handle import HandleBase, Renewal
-from celery_redlock._core.health import Identities
 from celery_redlock._core.manager import ManagerBase
 from celery_redlock._core.masters import MasterSpec
-from celery_redlock._core.protocol import Call, Outcome, identify, is_noscript, loads, server_facts
+from celery_redlock._core.protocol import Call, identify, is_noscript, loads, server_facts
 from celery_redlock._core.quorum import Listen, Round, Vote
-from celery_redlock._core.replies import vote_of
+from celery_redlock._core.roster import Roster, describe
 from celery_redlock.exceptions import (
     LockLost,
     LockNotAcquired,
@@ -97,15 +96,14 @@ def _async_factory(spec: MasterSpec, timeout: float, *, reads: bool = True) -> C
 class _Driver:
     """Runs the shared algorithm's effects with asyncio."""
 
-    def __init__(self, manager: AsyncRedlock) -> None:
-        self._m = manager
-        timeout = manager.settings.master_timeout
-        self._factories = [_async_factory(spec, timeout) for spec in manager._specs]
-        self._listeners = [_async_factory(s, timeout, reads=False) for s in manager._specs]
-        self._idle: list[list[Any]] = [[] for _ in manager._specs]
+    def __init__(self, roster: Roster) -> None:
+        self._m = roster
+        timeout = roster.timeout
+        self._factories = [_async_factory(spec, timeout) for spec in roster.specs]
+        self._listeners = [_async_factory(s, timeout, reads=False) for s in roster.specs]
+        self._idle: list[list[Any]] = [[] for _ in roster.specs]
         self._background: set[asyncio.Task[Vote]] = set()
-        self._identities = Identities(manager.masters)
-        self._granted = [Vote(spec.name, Outcome.YES) for spec in manager._specs]
+        self._identities = roster.identities
 
     async def run(self, algorithm: quorum.Algorithm) -> Any:
         """Drive one operation to its end; the sync driver's loop, with ``await``."""
@@ -130,17 +128,17 @@ class _Driver:
 
     async def round(self, rnd: Round) -> list[Vote]:
         m = self._m
-        targets = rnd.targets if rnd.targets is not None else range(len(m._specs))
+        targets = rnd.targets if rnd.targets is not None else range(len(m))
         now = m.clock()
         votes: list[Vote | None] = [None] * len(targets)
         send: list[tuple[int, int]] = []  # (position in votes, master)
         for pos, i in enumerate(targets):
-            skip = m._health[i].skip_reason(now)
+            skip = m.skipped(i, now)
             # A release or an undo reaches a master in its cool-down too (safe_anytime),
             # over a connection already open, never a new one (the sync driver sends every
             # clean-up on the connection its call went out on).
             if skip is not None and not (rnd.call.safe_anytime and self._idle[i]):
-                votes[pos] = Vote(m._specs[i].name, Outcome.ERROR, error=skip)
+                votes[pos] = skip
             else:
                 send.append((pos, i))
         # As in the sync driver, the per-master timeout bounds the wait for replies, not
@@ -150,14 +148,14 @@ class _Driver:
             opened = await asyncio.gather(*(self._open(i) for _pos, i in fresh))
             for (pos, _i), failure in zip(fresh, opened, strict=True):
                 votes[pos] = failure
-        deadline = m.clock() + m.settings.master_timeout
+        deadline = m.clock() + m.timeout
         tasks: dict[asyncio.Task[Vote], int] = {
             asyncio.ensure_future(self._exchange(i, rnd.call, deadline)): pos
             for pos, i in send
             if votes[pos] is None
         }
         pending = set(tasks) if rnd.wait else set()
-        count = quorum.Count(votes, m.policy.masters)
+        count = quorum.Count(votes, len(m))
         while not count.decided(len(pending)):
             remaining = deadline - m.clock()
             if remaining <= 0:
@@ -174,7 +172,7 @@ class _Driver:
             if votes[pos] is None:
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
-                votes[pos] = Vote(m._specs[targets[pos]].name, Outcome.ERROR, error=error)
+                votes[pos] = m.error(targets[pos], error)
         return [v for v in votes if v is not None]
 
     async def _open(self, i: int) -> Vote | None:
@@ -194,24 +192,19 @@ class _Driver:
     async def _failed(self, i: int, conn: Any, exc: BaseException, silent: str) -> Vote:
         """Master ``i`` did not answer on ``conn``: closed, its failure noted, an ERROR
         vote (``silent`` says what was missing when the error has no text: a timeout)."""
-        m = self._m
         await conn.disconnect()
-        error = f"{type(exc).__name__}: {exc}" if str(exc) else silent
-        m._health[i].failed(m.clock(), error)
-        return Vote(m._specs[i].name, Outcome.ERROR, error=error)
+        return self._m.failed(i, describe(exc) if str(exc) else silent)
 
     async def _exchange(self, i: int, call: Call, deadline: float) -> Vote:
         """One call to master ``i`` on a connection of its own; never raises (cancellation
         aside): whatever the master answers, malformed or not, is its vote, in the sync
         driver's words where the readers allow."""
-        m = self._m
-        name = m._specs[i].name
         conn = self._idle[i].pop() if self._idle[i] else self._factories[i]()
         try:
             reply = await self._call_once_more_if_stale(i, conn, call, deadline)
         except ResponseError as exc:
             self._idle[i].append(conn)
-            return Vote(name, Outcome.ERROR, error=f"{type(exc).__name__}: {exc}")
+            return self._m.error(i, describe(exc))
         except _IO_ERRORS as exc:
             return await self._failed(i, conn, exc, "no reply in time")
         except _MALFORMED as exc:
@@ -220,8 +213,7 @@ class _Driver:
             await conn.disconnect()
             raise
         self._idle[i].append(conn)
-        m._health[i].succeeded()
-        return vote_of(name, call, reply, self._identities.problems[i], self._granted[i])
+        return self._m.answered(i, call, reply)
 
     async def _call_once_more_if_stale(self, i: int, conn: Any, call: Call, deadline: float) -> Any:
         """A connection that answered before may have outlived its master's restart: one
@@ -304,7 +296,7 @@ class _Listener:
         now = m.clock()
         ready: list[asyncio.Future[None]] = []
         for i, factory in enumerate(d._listeners):
-            if m._health[i].skip_reason(now) is not None:
+            if m.health[i].skip_reason(now) is not None:
                 continue
             conn = factory()
             self._conns.append(conn)
@@ -313,9 +305,7 @@ class _Listener:
             self._readers.append(asyncio.ensure_future(self._read(i, conn, channel, confirmed)))
         # Subscribed means confirmed: only then can no release slip past unheard.
         if ready:
-            await asyncio.wait(
-                ready, timeout=m.settings.master_timeout, return_when=asyncio.ALL_COMPLETED
-            )
+            await asyncio.wait(ready, timeout=m.timeout, return_when=asyncio.ALL_COMPLETED)
 
     async def _read(self, i: int, conn: Any, channel: str, confirmed: asyncio.Future[None]) -> None:
         assert self._news is not None
@@ -331,7 +321,7 @@ class _Listener:
                     self._news.set()
         except (*_IO_ERRORS, ResponseError) as exc:
             if isinstance(exc, ResponseError):
-                self._driver._m._subscription_refused(i, exc)
+                self._driver._m.subscription_refused(i, exc)
             if not confirmed.done():
                 confirmed.set_result(None)
 
@@ -423,7 +413,7 @@ class AsyncRedlock(ManagerBase):
 
     def __init__(self, masters: Sequence[Any], **options: Any) -> None:
         super().__init__(masters, **options)
-        self._driver = _Driver(self)
+        self._driver = _Driver(self.roster)
 
     async def acquire(
         self,

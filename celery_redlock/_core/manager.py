@@ -16,10 +16,10 @@ from typing import Any
 from celery_redlock._core import quorum
 from celery_redlock._core.durations import Seconds, seconds, timeout_seconds
 from celery_redlock._core.handle import Renewal
-from celery_redlock._core.health import Health
-from celery_redlock._core.masters import MasterSpec, parse_masters
+from celery_redlock._core.masters import parse_masters
 from celery_redlock._core.protocol import Outcome
 from celery_redlock._core.quorum import AcquireRequest, Vote
+from celery_redlock._core.roster import Roster
 from celery_redlock._core.settings import LockSettings, check_utf8
 from celery_redlock.exceptions import ConfigurationError, LockLost
 
@@ -53,10 +53,11 @@ class ManagerBase:
             self.settings = settings or LockSettings(**options)
         except TypeError as exc:
             raise ConfigurationError(f"unknown lock option: {exc}") from None
-        self._specs: tuple[MasterSpec, ...] = parse_masters(masters)
-        self._health = [Health() for _ in self._specs]
+        specs = parse_masters(masters)
+        #: The masters as the driver is handed them (names, endpoints, health, clock).
+        self.roster = Roster(specs, self.settings.master_timeout, clock, self._cannot_wake)
         self.policy = quorum.Policy(
-            len(self._specs),
+            len(specs),
             self.settings.drift_factor,
             self.settings.retry_count,
             self.settings.retry_delay,
@@ -65,12 +66,12 @@ class ManagerBase:
         #: Monotonic seconds: the clock the algorithm is given (injected by the simulator).
         self.clock = clock
         self._unwakeable: set[str] = set()  # masters warned of: releases there wake nobody
-        if len(self._specs) % 2 == 0:
+        if len(specs) % 2 == 0:
             logger.warning(
                 "%d Redis masters: an even count tolerates no more failures than %d would;"
                 " use an odd number",
-                len(self._specs),
-                len(self._specs) - 1,
+                len(specs),
+                len(specs) - 1,
             )
 
     def _released(self, resource: str, released: bool, votes: Sequence[Vote]) -> bool:
@@ -82,11 +83,6 @@ class ManagerBase:
         if not released:
             logger.info("release of %r reached no quorum: %s", resource, "; ".join(map(str, votes)))
         return bool(released)
-
-    def _subscription_refused(self, i: int, error: Exception) -> None:
-        """Master ``i`` refused a waiter's SUBSCRIBE with an error reply (an ACL)."""
-        cause = f"subscribe refused: {type(error).__name__}: {error}"
-        self._cannot_wake(self._specs[i].name, cause)
 
     def _cannot_wake(self, master: str, cause: str) -> None:
         """Warn, once per master, that blocked waiters there cannot be woken by releases:
@@ -107,7 +103,7 @@ class ManagerBase:
     @property
     def masters(self) -> tuple[str, ...]:
         """The masters' redacted names, in order."""
-        return tuple(spec.name for spec in self._specs)
+        return self.roster.names
 
     @property
     def quorum(self) -> int:

@@ -13,6 +13,12 @@ from celery_redlock._core.protocol import GRANTED, Call, Outcome
 SETTLED_WITHOUT = "settled without it"
 NOT_AWAITED = "not awaited"
 
+
+def timed_out(timeout: float) -> str:
+    """The vote of a master that sent no reply within the per-master ``timeout``."""
+    return f"TimeoutError: no reply within {timeout * 1000:.0f} ms"
+
+
 #: Shows a master's unexpected reply in a vote: short, and safe for any nesting depth.
 _shown = reprlib.Repr()
 _shown.maxlevel, _shown.maxlist, _shown.maxstring, _shown.maxother = 3, 4, 80, 80

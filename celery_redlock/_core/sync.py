@@ -46,10 +46,10 @@ from celery_redlock._core.handle import HandleBase
 from celery_redlock._core.health import Identities
 from celery_redlock._core.manager import ManagerBase
 from celery_redlock._core.masters import MasterSpec
-from celery_redlock._core.protocol import Call, Outcome, identify, is_noscript, loads, server_facts
+from celery_redlock._core.protocol import Call, identify, is_noscript, loads, server_facts
 from celery_redlock._core.quorum import Listen, Round, Vote
-from celery_redlock._core.replies import vote_of
 from celery_redlock._core.resp import INCOMPLETE
+from celery_redlock._core.roster import Roster, describe
 from celery_redlock.exceptions import LockLost, LockNotAcquired
 
 __all__ = ["Lock", "Redlock"]
@@ -305,11 +305,9 @@ class _Driver:
     set: a reply still on its way would otherwise be read as the answer to the next call.
     """
 
-    def __init__(self, manager: Redlock) -> None:
-        self._m = manager
-        self._granted = [Vote(spec.name, Outcome.YES) for spec in manager._specs]
-        self._identities = Identities(manager.masters)
-        self._problems = self._identities.problems
+    def __init__(self, roster: Roster) -> None:
+        self._m = roster
+        self._identities = roster.identities
         self._free: list[tuple[int, list[_Link]]] = []  # (fork generation, links) not in use
         self._all: weakref.WeakSet[_Link] = weakref.WeakSet()
 
@@ -347,10 +345,9 @@ class _Driver:
             generation, links = self._free.pop()
             if generation == _generation:  # else the parent's, before a fork: dropped
                 return links
-        timeout = self._m.settings.master_timeout
+        m = self._m
         links = [
-            _Link(spec, timeout, self._m.clock, self._identities, i)
-            for i, spec in enumerate(self._m._specs)
+            _Link(spec, m.timeout, m.clock, self._identities, i) for i, spec in enumerate(m.specs)
         ]
         self._all.update(links)
         return links
@@ -361,9 +358,9 @@ class _Driver:
 
     def round(self, rnd: Round, links: list[_Link]) -> list[Vote]:
         m = self._m
-        timeout = m.settings.master_timeout
+        timeout = m.timeout
         targets = rnd.targets if rnd.targets is not None else range(len(links))
-        health = m._health
+        health = m.health
         wait = rnd.wait
         now = m.clock()
         votes: list[Vote | None] = [None] * len(targets)
@@ -388,8 +385,7 @@ class _Driver:
             for _pos, i in waiting.values():
                 links[i].owe(now)
             return [
-                v or Vote(m._specs[t].name, Outcome.ERROR, error=replies.NOT_AWAITED)
-                for v, t in zip(votes, targets, strict=True)
+                v or m.error(t, replies.NOT_AWAITED) for v, t in zip(votes, targets, strict=True)
             ]
         # The deadline runs from the end of the sends: a slow send must not use up the
         # time in which the other masters' replies are read.
@@ -414,10 +410,9 @@ class _Driver:
             return self._failed(i, link, exc)
         if hung:
             return self._failed(i, link, redis.TimeoutError("replies overdue: the master hangs"))
-        skip = self._m._health[i].skip_reason(now)
-        if skip is None or (rnd.call.safe_anytime and link.sock is not None):
+        if rnd.call.safe_anytime and link.sock is not None:
             return None
-        return Vote(self._m._specs[i].name, Outcome.ERROR, error=skip)
+        return self._m.skipped(i, now)
 
     def _collect(
         self,
@@ -431,7 +426,7 @@ class _Driver:
         m = self._m
         clock = m.clock
         call = rnd.call
-        count = quorum.Count(votes, m.policy.masters)
+        count = quorum.Count(votes, len(m))
         poller = select.poll()
         for fd in waiting:
             poller.register(fd, select.POLLIN)
@@ -468,11 +463,9 @@ class _Driver:
         for pos, i in waiting.values():
             links[i].owe(now, again)
             if expired:
-                error = f"TimeoutError: no reply within {m.settings.master_timeout * 1000:.0f} ms"
-                m._health[i].failed(now, error)
+                votes[pos] = m.failed(i, replies.timed_out(m.timeout))
             else:
-                error = replies.SETTLED_WITHOUT
-            votes[pos] = Vote(m._specs[i].name, Outcome.ERROR, error=error)
+                votes[pos] = m.error(i, replies.SETTLED_WITHOUT)
 
     def _read(self, i: int, link: _Link, call: Call) -> Vote | None:
         """Read what master ``i`` sent; its Vote, or None while its reply is still to come."""
@@ -488,16 +481,12 @@ class _Driver:
             return self._resend(i, link, call.packed())
         if reply is INCOMPLETE:
             return None
-        name = self._m._specs[i].name
         if isinstance(reply, RedisError):
             if is_noscript(reply):
                 return self._resend(i, link, resp.pack(call.fallback()))
-            return Vote(name, Outcome.ERROR, error=_describe(reply))
+            return self._m.error(i, describe(reply))
         link.proven = True
-        health = self._m._health[i]
-        if health.failures:
-            health.succeeded()
-        return vote_of(name, call, reply, self._problems[i], self._granted[i])
+        return self._m.answered(i, call, reply)
 
     def _resend(self, i: int, link: _Link, packed: bytes) -> Vote | None:
         try:
@@ -508,13 +497,7 @@ class _Driver:
 
     def _failed(self, i: int, link: _Link, exc: BaseException) -> Vote:
         link.reset()
-        error = _describe(exc)
-        self._m._health[i].failed(self._m.clock(), error)
-        return Vote(self._m._specs[i].name, Outcome.ERROR, error=error)
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+        return self._m.failed(i, exc)
 
 
 class _Listener:
@@ -533,20 +516,20 @@ class _Listener:
 
     idle: _Listener
 
-    def __init__(self, manager: Redlock | None) -> None:
-        self._m = manager
+    def __init__(self, roster: Roster | None) -> None:
+        self._m = roster
         self._conns: dict[int, tuple[int, Any]] = {}  # fd -> (master, connection)
 
     def listen(self, channel: str) -> None:
         m = self._m
         assert m is not None
         now = m.clock()
-        deadline = now + m.settings.master_timeout
+        deadline = now + m.timeout
         pending: dict[int, tuple[int, Any]] = {}
-        for i, spec in enumerate(m._specs):
-            if m._health[i].skip_reason(now) is not None:
+        for i, spec in enumerate(m.specs):
+            if m.health[i].skip_reason(now) is not None:
                 continue
-            conn = spec.connection_class(**spec.connect_kwargs(m.settings.master_timeout))
+            conn = spec.connection_class(**spec.connect_kwargs(m.timeout))
             try:
                 conn.send_command("SUBSCRIBE", channel)
                 pending[conn._sock.fileno()] = (i, conn)
@@ -587,7 +570,7 @@ class _Listener:
                     reply = conn.read_response()
                 except (*_IO_ERRORS, RedisError) as exc:
                     if not isinstance(exc, _IO_ERRORS):
-                        self._m._subscription_refused(i, exc)
+                        self._m.subscription_refused(i, exc)
                     poller.unregister(fd)
                     outstanding.discard(fd)
                     del self._conns[fd]
@@ -780,7 +763,7 @@ class Redlock(ManagerBase):
 
     def __init__(self, masters: Sequence[Any], **options: Any) -> None:
         super().__init__(masters, **options)
-        self._driver = _Driver(self)
+        self._driver = _Driver(self.roster)
         self._watchdog = _Watchdog(self.clock)
 
     def acquire(
