@@ -16,23 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import redis
-import redis.asyncio.connection as aconn
-from redis.exceptions import InvalidResponse, ResponseError
+from redis.exceptions import InvalidResponse, RedisError
 
-from celery_redlock._core import quorum, replies
+from celery_redlock._core import connect, quorum, replies, resp, rounds
+from celery_redlock._core.connect import Endpoint
 from celery_redlock._core.durations import Seconds
 from celery_redlock._core.handle import HandleBase, Renewal
 from celery_redlock._core.manager import ManagerBase
-from celery_redlock._core.masters import MasterSpec
-from celery_redlock._core.protocol import Call, identify, is_noscript, loads, server_facts
+from celery_redlock._core.protocol import Call, identify, loads, server_facts
 from celery_redlock._core.quorum import Listen, Round, Vote
-from celery_redlock._core.roster import Roster, describe
+from celery_redlock._core.resp import INCOMPLETE
+from celery_redlock._core.roster import Roster
 from celery_redlock.exceptions import (
     LockLost,
     LockNotAcquired,
@@ -40,68 +39,136 @@ from celery_redlock.exceptions import (
 
 __all__ = ["AsyncLock", "AsyncRedlock"]
 
-_IO_ERRORS = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    InvalidResponse,
-    OSError,
-    asyncio.TimeoutError,
-)
+#: Failures that mean "this master did not answer", as opposed to an error reply (the
+#: reader raises InvalidResponse for a malformed reply: a protocol error).
+_IO_ERRORS = (redis.ConnectionError, redis.TimeoutError, InvalidResponse, OSError)
 
-#: What redis-py's pure-Python reader raises on some malformed replies, besides
-#: InvalidResponse: ValueError for a bad number, RecursionError for deep nesting.
-_MALFORMED = (ValueError, RecursionError)
-
-
-def _protocol_error(exc: BaseException) -> InvalidResponse:
-    """A malformed reply, named as the sync driver's readers name it."""
-    if isinstance(exc, RecursionError):
-        return InvalidResponse("protocol error: arrays nested too deep")
-    return InvalidResponse(f"protocol error: {exc}")
-
-
-#: Sent on every new connection (see ``protocol.loads`` and ``protocol.identify``).
+#: Sent on every new connection, after its log-in and ahead of its first call (see
+#: ``protocol.loads`` and ``protocol.identify``): our scripts, then what the server is.
 _LOADS = loads()
 _IDENTIFY = identify()
+_PACKED_OPENING = b"".join(map(resp.pack, [*_LOADS, *_IDENTIFY]))
 
-#: Marks a connection whose socket has had our scripts sent (see ``_call``).
-_LOADED = "_celery_redlock_loaded"
-
-#: Marks a connection that has answered before (see ``_call_once_more_if_stale``).
-_PROVEN = "_celery_redlock_proven"
-
-_ASYNC_CLASSES = {
-    "Connection": aconn.Connection,
-    "SSLConnection": aconn.SSLConnection,
-    "UnixDomainSocketConnection": aconn.UnixDomainSocketConnection,
-}
+#: Bytes asked of the stream per read: every reply the driver expects fits many times.
+_CHUNK = 65536
 
 
-def _async_factory(spec: MasterSpec, timeout: float, *, reads: bool = True) -> Callable[[], Any]:
-    """A maker of asyncio connections with the same settings as the spec's sync class;
-    ``reads=False`` lifts the read timeout, for subscriptions that wait for news."""
-    klass = _ASYNC_CLASSES.get(spec.connection_class.__name__, aconn.Connection)
-    accepted: set[str] = set()
-    for base in klass.__mro__:
-        init = base.__dict__.get("__init__")
-        if init is not None:
-            accepted |= set(inspect.signature(init).parameters)
-    kwargs = {k: v for k, v in spec.connect_kwargs(timeout).items() if k in accepted}
-    kwargs.pop("retry", None)  # the sync Retry object; the async default retries nothing here
-    if not reads:
-        kwargs["socket_timeout"] = None
-    return lambda: klass(**kwargs)
+class _Refused(Exception):
+    """A new connection's log-in (AUTH, CLIENT SETNAME, SELECT) answered ``error``."""
+
+    def __init__(self, error: RedisError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class _Conn:
+    """One stream to one master, ours end to end: opened with :func:`connect.open_stream`,
+    written with RESP we packed, read with our reader (hiredis's or ``resp.PyReader``, as
+    in the sync driver), whose error replies are returned, not raised.
+
+    A new stream's first write is its log-in, our scripts and INFO, then the first call:
+    one round trip. ``opening`` counts the replies to the first two still to read ahead of
+    the call's. ``proven``: it has answered a call before, so a failure on it may just mean
+    that its master restarted since.
+    """
+
+    __slots__ = ("endpoint", "handshake", "opening", "proven", "reader", "stream", "writer")
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.reader = resp.new_reader()
+        self.stream: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.handshake = 0  # replies to the log-in still to read
+        self.opening = False  # the scripts' and INFO's replies are still to read
+        self.proven = False
+
+    async def open(self, timeout: float, first: bytes, *, opening: bool) -> None:
+        """Connect (TLS included) within ``timeout`` and send ``first`` behind the log-in
+        (``opening``: it starts with ``_PACKED_OPENING``); raises a redis ConnectionError
+        or TimeoutError in the wording of both drivers."""
+        try:
+            self.stream, self.writer = await connect.open_stream(self.endpoint, timeout)
+        except OSError as exc:  # TimeoutError included
+            raise connect.unreachable(self.endpoint, exc) from exc
+        handshake = self.endpoint.handshake()
+        self.reader = resp.new_reader()
+        self.handshake = len(handshake)
+        self.opening = opening
+        self.proven = False
+        self.send(b"".join(map(resp.pack, handshake)) + first)
+
+    def usable(self) -> bool:
+        """Open, and not closed by the master meanwhile (its restart, an idle timeout)."""
+        writer, stream = self.writer, self.stream
+        return not (writer is None or stream is None or writer.is_closing() or stream.at_eof())
+
+    def send(self, data: bytes) -> None:
+        """Queue ``data`` for the master: a call is a small write, flushed by the loop."""
+        writer = self.writer
+        if writer is None or writer.is_closing():
+            raise redis.ConnectionError("error while writing: the connection is closed")
+        writer.write(data)
+
+    async def reply(self) -> Any:
+        """The next reply; an error reply is returned (a RedisError), a malformed one raises
+        InvalidResponse. Safe to cancel: what was read stays in the reader."""
+        reader = self.reader
+        reply = reader.gets()
+        while reply is INCOMPLETE:
+            stream = self.stream
+            if stream is None:
+                raise redis.ConnectionError("not connected")
+            try:
+                data = await stream.read(_CHUNK)
+            except OSError as exc:
+                raise redis.ConnectionError(f"error while reading: {exc}") from exc
+            if not data:
+                raise redis.ConnectionError("error while reading: closed by the master")
+            reader.feed(data)
+            reply = reader.gets()
+        return reply
+
+    async def logged_in(self) -> None:
+        """Read the log-in's replies; an error among them fails the connection (its text is
+        the master's: a password is never in it)."""
+        while self.handshake:
+            reply = await self.reply()
+            self.handshake -= 1
+            if isinstance(reply, RedisError):
+                raise _Refused(reply)
+
+    def close(self) -> None:
+        """Close at once (no await, so that a cancelled exchange can close on its way out):
+        a reply still on its way must never be read as the answer to another call."""
+        writer, self.writer, self.stream = self.writer, None, None
+        if writer is not None:
+            writer.close()
+
+    async def aclose(self, timeout: float) -> None:
+        """Close, and wait (up to ``timeout``) until the transport is gone."""
+        writer = self.writer
+        self.close()
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), timeout)
 
 
 class _Driver:
-    """Runs the shared algorithm's effects with asyncio."""
+    """Runs the shared algorithm's effects with asyncio streams.
+
+    Each round sends the command to every master on a connection of its own (an idle one,
+    or one opened for it: the opening is before the round's deadline starts, as in the sync
+    driver), then reads the replies in one task per master until the round is settled
+    (``rounds.patience``). A task still reading then goes on in the background until the
+    round's deadline, and gives its connection back; one cut off (the deadline, or the
+    operation cancelled) closes it, so that a late reply is never read as the answer to
+    the next call.
+    """
 
     def __init__(self, roster: Roster) -> None:
         self._m = roster
-        timeout = roster.timeout
-        self._factories = [_async_factory(spec, timeout) for spec in roster.specs]
-        self._listeners = [_async_factory(s, timeout, reads=False) for s in roster.specs]
-        self._idle: list[list[Any]] = [[] for _ in roster.specs]
+        self._idle: list[list[_Conn]] = [[] for _ in roster.names]
         self._background: set[asyncio.Task[Vote]] = set()
         self._identities = roster.identities
 
@@ -115,7 +182,7 @@ class _Driver:
                 if isinstance(effect, Round):
                     result = await self.round(effect)
                 elif isinstance(effect, Listen):
-                    listener = listener or _Listener(self)
+                    listener = listener or _Listener(self._m)
                     await listener.listen(effect.channel)
                     result = None
                 else:
@@ -129,135 +196,187 @@ class _Driver:
     async def round(self, rnd: Round) -> list[Vote]:
         m = self._m
         targets = rnd.targets if rnd.targets is not None else range(len(m))
-        now = m.clock()
         votes: list[Vote | None] = [None] * len(targets)
-        send: list[tuple[int, int]] = []  # (position in votes, master)
+        data = rounds.packed(rnd)
+        conns, fresh = self._send(rnd, targets, votes, data)
+        tasks: dict[asyncio.Task[Vote], tuple[int, _Conn]] = {}
+        try:
+            if fresh:
+                # Concurrently, and before the deadline starts: the per-master timeout
+                # bounds the wait for replies, not the set-up of new connections (TCP, TLS).
+                opened = await asyncio.gather(*(self._open(i, data) for _pos, i in fresh))
+                for (pos, i), conn in zip(fresh, opened, strict=True):
+                    if isinstance(conn, _Conn):
+                        conns[pos] = conn
+                    else:
+                        votes[pos] = m.failed(i, conn)
+            deadline = m.clock() + m.timeout
+            for pos, conn in conns.items():
+                task = asyncio.ensure_future(self._exchange(targets[pos], conn, rnd.call))
+                tasks[task] = (pos, conn)
+            if rnd.wait and tasks:
+                await self._collect(tasks, votes, deadline)
+        except BaseException:
+            # Cut off mid-round (cancelled): no reply may be left to read on a connection
+            # that another call could take.
+            for task in tasks:
+                task.cancel()
+            for conn in conns.values():
+                conn.close()
+            raise
+        self._linger(rnd, targets, tasks, votes, deadline)
+        return cast("list[Vote]", votes)  # every position has its vote now
+
+    def _send(
+        self, rnd: Round, targets: Sequence[int], votes: list[Vote | None], data: bytes
+    ) -> tuple[dict[int, _Conn], list[tuple[int, int]]]:
+        """Send ``data`` to every master of the round on an idle connection of its own;
+        returns them (by position in ``votes``) and the masters that need a new one. A
+        master ``rounds.excluded`` gets its vote now."""
+        now = self._m.clock()
+        conns: dict[int, _Conn] = {}
+        fresh: list[tuple[int, int]] = []  # (position, master)
         for pos, i in enumerate(targets):
-            skip = m.skipped(i, now)
-            # A release or an undo reaches a master in its cool-down too (safe_anytime),
-            # over a connection already open, never a new one (the sync driver sends every
-            # clean-up on the connection its call went out on).
-            if skip is not None and not (rnd.call.safe_anytime and self._idle[i]):
+            idle = self._idle[i]
+            while idle and not idle[-1].usable():
+                idle.pop().close()
+            skip = rounds.excluded(self._m, i, now, rnd, connected=bool(idle))
+            if skip is not None:
                 votes[pos] = skip
+            elif idle:
+                conns[pos] = conn = idle.pop()
+                conn.send(data)
             else:
-                send.append((pos, i))
-        # As in the sync driver, the per-master timeout bounds the wait for replies, not
-        # the set-up of new connections (handshake, TLS, AUTH), which is bounded by its own.
-        fresh = [(pos, i) for pos, i in send if not self._idle[i]]
-        if fresh:
-            opened = await asyncio.gather(*(self._open(i) for _pos, i in fresh))
-            for (pos, _i), failure in zip(fresh, opened, strict=True):
-                votes[pos] = failure
-        deadline = m.clock() + m.timeout
-        tasks: dict[asyncio.Task[Vote], int] = {
-            asyncio.ensure_future(self._exchange(i, rnd.call, deadline)): pos
-            for pos, i in send
-            if votes[pos] is None
-        }
-        pending = set(tasks) if rnd.wait else set()
-        count = quorum.Count(votes, len(m))
-        while not count.decided(len(pending)):
-            remaining = deadline - m.clock()
-            if remaining <= 0:
-                break
+                fresh.append((pos, i))
+        return conns, fresh
+
+    async def _collect(
+        self,
+        tasks: dict[asyncio.Task[Vote], tuple[int, _Conn]],
+        votes: list[Vote | None],
+        deadline: float,
+    ) -> None:
+        """Take votes as they come until the round is settled or the deadline passes."""
+        clock = self._m.clock
+        pending: set[asyncio.Task[Vote]] = set(tasks)
+        count = quorum.Count(votes, len(self._m))
+        while pending:
+            wait = rounds.patience(count, len(pending), deadline, clock())
             done, pending = await asyncio.wait(
-                pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED
             )
+            if not done and wait <= 0:
+                break
             for task in done:
                 vote = task.result()
-                votes[tasks[task]] = vote
+                votes[tasks[task][0]] = vote
                 count.add(vote)
-        error = replies.SETTLED_WITHOUT if rnd.wait else replies.NOT_AWAITED
-        for task, pos in tasks.items():
-            if votes[pos] is None:
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-                votes[pos] = m.error(targets[pos], error)
-        return [v for v in votes if v is not None]
 
-    async def _open(self, i: int) -> Vote | None:
-        """A new connection to master ``i``, left idle for the round's exchange; an ERROR
-        vote if it cannot be made (within the connect and read timeouts)."""
-        conn = self._factories[i]()
+    def _linger(
+        self,
+        rnd: Round,
+        targets: Sequence[int],
+        tasks: dict[asyncio.Task[Vote], tuple[int, _Conn]],
+        votes: list[Vote | None],
+        deadline: float,
+    ) -> None:
+        """The votes of the masters not heard (``rounds.unanswered``); past the deadline
+        their exchanges are cancelled (closing their connections), else they go on in the
+        background until it."""
+        m = self._m
+        now = m.clock()
+        expired = now >= deadline
+        loop = asyncio.get_running_loop()
+        for task, (pos, conn) in tasks.items():
+            if votes[pos] is not None:
+                continue
+            if task.done():  # in since the last look
+                votes[pos] = task.result()
+                continue
+            votes[pos] = rounds.unanswered(m, targets[pos], rnd, expired)
+            if expired:
+                task.cancel()  # a task not started yet would not close it: close it here
+                conn.close()
+            else:
+                loop.call_later(deadline - now, self._expire, task, conn, targets[pos])
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _expire(self, task: asyncio.Task[Vote], conn: _Conn, i: int) -> None:
+        """A reply the round settled without is still missing at its deadline: the master
+        fails (as the sync driver finds it overdue), and its connection is closed."""
+        if not task.done():
+            task.cancel()
+            conn.close()
+            self._m.failed(i, replies.timed_out(self._m.timeout))
+
+    async def _open(self, i: int, first: bytes) -> _Conn | BaseException:
+        """A new connection to master ``i`` with ``first`` sent on it, or why not."""
+        conn = _Conn(self._m.endpoints[i])
         try:
-            await conn.connect()
+            await conn.open(self._m.timeout, _PACKED_OPENING + first, opening=True)
         except _IO_ERRORS as exc:
-            return await self._failed(i, conn, exc, "no connection in time")
+            conn.close()
+            return exc
         except BaseException:
-            await conn.disconnect()
+            conn.close()
+            raise
+        return conn
+
+    async def _exchange(self, i: int, conn: _Conn, call: Call) -> Vote:
+        """Master ``i``'s vote on the call sent on ``conn``; never raises (cancellation
+        aside, which closes ``conn``): whatever the master answers, malformed or not, is
+        its vote, in the sync driver's words (the same reader, the same ``rounds``)."""
+        m = self._m
+        try:
+            try:
+                vote = await self._answer(i, conn, call)
+            except _IO_ERRORS:
+                if not conn.proven:
+                    raise
+                # The master restarted since our last use: ask once more, anew.
+                conn.close()
+                await conn.open(m.timeout, _PACKED_OPENING + call.packed(), opening=True)
+                vote = await self._answer(i, conn, call)
+        except _Refused as refused:
+            conn.close()
+            return m.failed(i, refused.error)
+        except _IO_ERRORS as exc:
+            conn.close()
+            return m.failed(i, exc)
+        except Exception as exc:  # a bug of ours must not escape a background task
+            conn.close()
+            return m.failed(i, exc)
+        except BaseException:
+            conn.close()
             raise
         self._idle[i].append(conn)
-        return None
+        return vote
 
-    async def _failed(self, i: int, conn: Any, exc: BaseException, silent: str) -> Vote:
-        """Master ``i`` did not answer on ``conn``: closed, its failure noted, an ERROR
-        vote (``silent`` says what was missing when the error has no text: a timeout)."""
-        await conn.disconnect()
-        return self._m.failed(i, describe(exc) if str(exc) else silent)
-
-    async def _exchange(self, i: int, call: Call, deadline: float) -> Vote:
-        """One call to master ``i`` on a connection of its own; never raises (cancellation
-        aside): whatever the master answers, malformed or not, is its vote, in the sync
-        driver's words where the readers allow."""
-        conn = self._idle[i].pop() if self._idle[i] else self._factories[i]()
-        try:
-            reply = await self._call_once_more_if_stale(i, conn, call, deadline)
-        except ResponseError as exc:
-            self._idle[i].append(conn)
-            return self._m.error(i, describe(exc))
-        except _IO_ERRORS as exc:
-            return await self._failed(i, conn, exc, "no reply in time")
-        except _MALFORMED as exc:
-            return await self._failed(i, conn, _protocol_error(exc), "malformed reply")
-        except BaseException:
-            await conn.disconnect()
-            raise
-        self._idle[i].append(conn)
-        return self._m.answered(i, call, reply)
-
-    async def _call_once_more_if_stale(self, i: int, conn: Any, call: Call, deadline: float) -> Any:
-        """A connection that answered before may have outlived its master's restart: one
-        failure on it earns one retry on a new connection (every call is repeatable)."""
-        proven = getattr(conn, _PROVEN, False)
-        try:
-            reply = await asyncio.wait_for(self._call(i, conn, call), deadline - self._m.clock())
-        except (redis.ConnectionError, OSError):
-            if not proven:
-                raise
-            await conn.disconnect()
-            setattr(conn, _PROVEN, False)
-            reply = await asyncio.wait_for(self._call(i, conn, call), deadline - self._m.clock())
-        setattr(conn, _PROVEN, True)
-        return reply
-
-    async def _call(self, i: int, conn: Any, call: Call) -> Any:
-        # A connection's first call loads our scripts and asks what the server is ahead of
-        # it, in the same write: the call goes out even if the master answers nothing in
-        # time, and its vote is made knowing the server (see ``health.Identities``).
-        fresh = not conn.is_connected or not getattr(conn, _LOADED, False)
-        opening = [*_LOADS, *_IDENTIFY] if fresh else []
-        await conn.send_packed_command(
-            conn.pack_commands([*opening, call.command()]), check_health=False
-        )
-        setattr(conn, _LOADED, True)  # for this socket: a reconnect finds is_connected False
-        if fresh:
+    async def _answer(self, i: int, conn: _Conn, call: Call) -> Vote:
+        """Read the opening's replies if still owed, then the call's, as a vote."""
+        if conn.handshake:
+            await conn.logged_in()
+        if conn.opening:
             await self._read_opening(i, conn)
-        try:
-            return await conn.read_response()
-        except ResponseError as exc:
-            if not is_noscript(exc):
-                raise
-        await conn.send_packed_command(conn.pack_command(*call.fallback()), check_health=False)
-        return await conn.read_response()
+        reply = await conn.reply()
+        vote = rounds.judge(self._m, i, call, reply)
+        if vote is None:  # NOSCRIPT: the master lost its scripts
+            conn.send(resp.pack(call.fallback()))
+            reply = await conn.reply()
+            vote = rounds.judge(self._m, i, call, reply)
+        if not isinstance(reply, RedisError):
+            conn.proven = True
+        return vote or self._m.error(i, f"{type(reply).__name__}: {reply}")
 
-    async def _read_opening(self, i: int, conn: Any) -> None:
+    async def _read_opening(self, i: int, conn: _Conn) -> None:
         """The replies to a new connection's loads (an error, e.g. an ACL without SCRIPT,
         changes nothing: EVAL still works) and INFO (recorded for master ``i``)."""
         for _ in _LOADS:
-            with contextlib.suppress(ResponseError):
-                await conn.read_response()
-        replies = [await _reply_or_error(conn) for _ in _IDENTIFY]
-        self._identities.record(i, server_facts(replies))
+            await conn.reply()
+        facts = [await conn.reply() for _ in _IDENTIFY]
+        conn.opening = False
+        self._identities.record(i, server_facts(facts))
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -265,63 +384,64 @@ class _Driver:
                 await task
         for idle in self._idle:
             while idle:
-                await idle.pop().disconnect()
-
-
-async def _reply_or_error(conn: Any) -> Any:
-    """The next reply on ``conn``; an error reply is returned, not raised."""
-    try:
-        return await conn.read_response()
-    except ResponseError as exc:
-        return exc
+                await idle.pop().aclose(self._m.timeout)
 
 
 class _Listener:
     """Subscriptions to one waiter's channel on every master, for one blocked acquisition;
-    a master that refuses it (an ACL) is warned of and left out, as the sync driver does."""
+    a master that refuses it (an ACL) is warned of and left out, as the sync driver does.
+    Its connections are :class:`_Conn` too, the log-in ahead of SUBSCRIBE in one write."""
 
     idle: _Listener
 
-    def __init__(self, driver: _Driver | None) -> None:
-        self._driver = driver
-        self._conns: list[Any] = []
-        self._news = asyncio.Event() if driver is not None else None
+    def __init__(self, roster: Roster | None) -> None:
+        self._m = roster
+        self._conns: list[_Conn] = []
+        self._news = asyncio.Event() if roster is not None else None
         self._heard = 0  # wake-ups since the last wait returned
         self._readers: list[asyncio.Task[None]] = []
 
     async def listen(self, channel: str) -> None:
-        d = self._driver
-        assert d is not None
-        m = d._m
+        m = self._m
+        assert m is not None
         now = m.clock()
         ready: list[asyncio.Future[None]] = []
-        for i, factory in enumerate(d._listeners):
+        subscribe = resp.pack(("SUBSCRIBE", channel))
+        for i, endpoint in enumerate(m.endpoints):
             if m.health[i].skip_reason(now) is not None:
                 continue
-            conn = factory()
+            conn = _Conn(endpoint)
             self._conns.append(conn)
             confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             ready.append(confirmed)
-            self._readers.append(asyncio.ensure_future(self._read(i, conn, channel, confirmed)))
+            reading = self._read(i, conn, subscribe, confirmed)
+            self._readers.append(asyncio.ensure_future(reading))
         # Subscribed means confirmed: only then can no release slip past unheard.
         if ready:
             await asyncio.wait(ready, timeout=m.timeout, return_when=asyncio.ALL_COMPLETED)
 
-    async def _read(self, i: int, conn: Any, channel: str, confirmed: asyncio.Future[None]) -> None:
+    async def _read(
+        self, i: int, conn: _Conn, subscribe: bytes, confirmed: asyncio.Future[None]
+    ) -> None:
         assert self._news is not None
-        assert self._driver is not None
+        assert self._m is not None
         try:
-            await conn.send_command("SUBSCRIBE", channel)
+            await conn.open(self._m.timeout, subscribe, opening=False)
+            await conn.logged_in()
             while True:
-                reply = await conn.read_response()
+                reply = await conn.reply()
+                if isinstance(reply, RedisError):
+                    self._m.subscription_refused(i, reply)
+                    break
                 if reply and reply[0] == b"subscribe" and not confirmed.done():
                     confirmed.set_result(None)
                 elif reply and reply[0] == b"message":
                     self._heard += 1  # every copy counts: see the sync driver's _Listener
                     self._news.set()
-        except (*_IO_ERRORS, ResponseError) as exc:
-            if isinstance(exc, ResponseError):
-                self._driver._m.subscription_refused(i, exc)
+        except _IO_ERRORS:
+            pass
+        finally:
+            conn.close()
             if not confirmed.done():
                 confirmed.set_result(None)
 
@@ -342,8 +462,9 @@ class _Listener:
         for task in self._readers:
             with contextlib.suppress(BaseException):
                 await task
+        assert self._m is not None
         for conn in self._conns:
-            await conn.disconnect()
+            await conn.aclose(self._m.timeout)
 
 
 _Listener.idle = _Listener(None)

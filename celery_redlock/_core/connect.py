@@ -15,7 +15,9 @@ its replies are read first, and an error among them fails the connection with th
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
+import os
 import socket
 import ssl
 from collections.abc import Mapping
@@ -26,7 +28,15 @@ import redis
 
 from celery_redlock.exceptions import ConfigurationError
 
-__all__ = ["OPTIONS", "Endpoint", "endpoint_of", "init_parameters", "open_socket", "open_stream"]
+__all__ = [
+    "OPTIONS",
+    "Endpoint",
+    "endpoint_of",
+    "init_parameters",
+    "open_socket",
+    "open_stream",
+    "unreachable",
+]
 
 #: The redis-py connection arguments we read (timeouts, encodings and retries are ours, see
 #: ``masters``; anything else a client carries is per-pool machinery, and is dropped).
@@ -250,6 +260,19 @@ async def open_stream(
     if sock is not None:
         _tune(sock, endpoint)
     return reader, writer
+
+
+def unreachable(endpoint: Endpoint, exc: BaseException) -> redis.RedisError:
+    """A failed :func:`open_socket` or :func:`open_stream` in one wording, whichever opener
+    failed (asyncio words a refused connection differently from ``socket``): redis-py's,
+    as its connections said it (``Error 111 connecting to host:6379. Connection refused.``)."""
+    where = endpoint.path or f"{endpoint.host}:{endpoint.port}"
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):  # distinct in 3.10
+        return redis.TimeoutError("Timeout connecting to server")
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, ssl.SSLError) or not isinstance(code, int) or code not in errno.errorcode:
+        return redis.ConnectionError(f"Error connecting to {where}. {exc}.")
+    return redis.ConnectionError(f"Error {code} connecting to {where}. {os.strerror(code)}.")
 
 
 def _tune(sock: Any, endpoint: Endpoint) -> None:
