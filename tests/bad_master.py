@@ -1,6 +1,8 @@
 """A misbehaving master: a real TCP server on loopback that speaks just enough RESP to be
 connected to (SCRIPT LOAD, INFO, anything else +OK), then answers every lock call
-(EVALSHA, EVAL) with one crafted bad reply."""
+(EVALSHA, EVAL) with one crafted bad reply; or with nothing (``silent``), or NOSCRIPT
+to EVALSHA and the bad reply to EVAL (``noscript``), or refuses the log-in (``wrongpass``:
+an AUTH is answered WRONGPASS)."""
 
 from __future__ import annotations
 
@@ -26,12 +28,28 @@ REPLIES = {
 }
 
 
-class BadMaster:
-    """Listens on 127.0.0.1 and a free port; one thread per connection."""
+#: A master's error replies, as Redis words them.
+ERROR = b"-ERR out of luck\r\n"
+NOSCRIPT = b"-NOSCRIPT No matching script. Please use EVAL.\r\n"
+WRONGPASS = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
 
-    def __init__(self, reply: str) -> None:
-        self.reply = REPLIES[reply]
+
+class BadMaster:
+    """Listens on 127.0.0.1 and a free port; one thread per connection. ``seen`` holds the
+    name of every command received, in order."""
+
+    def __init__(
+        self,
+        reply: str | bytes,
+        *,
+        silent: bool = False,
+        noscript: bool = False,
+        wrongpass: bool = False,
+    ) -> None:
+        self.reply = REPLIES[reply] if isinstance(reply, str) else reply
         self.close_after = reply == "truncated"
+        self.silent, self.noscript, self.wrongpass = silent, noscript, wrongpass
+        self.seen: list[bytes] = []
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         self._threads: list[threading.Thread] = []
@@ -79,6 +97,7 @@ class BadMaster:
             while data := conn.recv(65536):
                 reader.feed(data)
                 while isinstance(command := reader.gets(), list):
+                    self.seen.append(command[0].upper())
                     conn.sendall(self._answer(command))
                     if self.close_after and command[0].upper() in (b"EVALSHA", b"EVAL"):
                         conn.close()
@@ -94,6 +113,12 @@ class BadMaster:
         if name == b"INFO":
             info = b"# Server\r\nredis_version:7.0.0\r\nrun_id:%040d\r\n" % self.port
             return b"$%d\r\n%s\r\n" % (len(info), info)
+        if name == b"AUTH" and self.wrongpass:
+            return WRONGPASS
+        if self.silent and name in (b"EVALSHA", b"EVAL"):
+            return b""
+        if name == b"EVALSHA" and self.noscript:
+            return NOSCRIPT
         if name in (b"EVALSHA", b"EVAL"):
             return self.reply
         return b"+OK\r\n"
