@@ -146,5 +146,8 @@ WITHOUT_HIREDIS = (
 if __name__ == "__main__":
     import json
 
-    assert sys.modules.get("hiredis") is None  # so redis-py reads with its pure-Python parser
+    from celery_redlock._core import resp
+
+    assert sys.modules.get("hiredis") is None
+    assert not resp.HIREDIS  # so the driver reads with resp.PyReader
     print(json.dumps(asyncio.run(async_votes(sys.argv[1:]))))
