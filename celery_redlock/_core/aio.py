@@ -262,11 +262,15 @@ class _Driver:
         count = quorum.Count(votes, len(self._m))
         while pending:
             wait = rounds.patience(count, len(pending), deadline, clock())
-            done, pending = await asyncio.wait(
-                pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED
-            )
-            if not done and wait <= 0:
-                break
+            if wait > 0:
+                done, pending = await asyncio.wait(
+                    pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+            else:  # the last look: the exchanges already done, without a turn of the loop
+                done = {task for task in pending if task.done()}
+                if not done:
+                    break
+                pending -= done
             for task in done:
                 vote = task.result()
                 votes[tasks[task][0]] = vote
