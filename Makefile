@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 
-.PHONY: test lint typecheck unit demo bench chaos soak clean
+.PHONY: test lint typecheck unit core-oldest demo bench chaos soak clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,12 +13,29 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,demo]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
-## make test: lint, type-check and the whole test suite against real servers
-test: $(STAMP)
+# The oldest redis-py pyproject.toml declares (redis>=X.Y), for the lock core's tests.
+REDIS_OLDEST := $(shell sed -n 's/^ *"redis>=\([0-9.]*\)".*/\1/p' pyproject.toml)
+OLDEST_VENV ?= .venv-redis$(REDIS_OLDEST)
+OLDEST_STAMP := $(OLDEST_VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+
+$(OLDEST_STAMP): pyproject.toml
+	@test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -e '.[test]' 'redis==$(REDIS_OLDEST).*'
+	@rm -f $(OLDEST_VENV)/.installed-* && touch $@
+
+## make test: lint, type-check, the whole test suite against real servers (newest
+## redis-py), then the lock core's tests on the oldest redis-py we declare
+test: $(STAMP) $(OLDEST_STAMP)
 	$(BIN)/ruff check celery_redlock tests benchmarks example_project
 	$(BIN)/ruff format --check celery_redlock tests benchmarks example_project
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider
+	$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -p tests.core
+
+## make core-oldest: only the lock core's tests, on the oldest redis-py we declare
+core-oldest: $(OLDEST_STAMP)
+	$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -p tests.core
 
 lint: $(STAMP)
 	$(BIN)/ruff check celery_redlock tests benchmarks example_project
@@ -69,4 +86,4 @@ soak: $(STAMP)
 	$(BIN)/python -m tests.simulation --soak
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) $(BENCH_TASKS_VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(OLDEST_VENV) $(BENCH_VENV) $(BENCH_TASKS_VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

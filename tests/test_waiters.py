@@ -26,7 +26,7 @@ from celery_redlock import AsyncRedlock, Redlock
 from celery_redlock._core import quorum
 from celery_redlock._core.protocol import RELEASE, Outcome, Verb, queue_key
 from celery_redlock._core.quorum import Listen, Round, Vote, Wait
-from celery_redlock.testing import RedisGroup, RedisServer
+from celery_redlock.testing import FaultProxy, RedisGroup, RedisServer
 
 REDIS_7 = "/usr/bin/redis-server"
 BINARIES = [
@@ -414,3 +414,38 @@ def test_a_woken_waiter_asks_once_a_quorum_of_masters_woke_it() -> None:
             effect = algorithm.send(more)
         assert isinstance(effect, Round)
         assert effect.call.verb is Verb.QUEUED
+
+
+def _listen_then_wait(channel: str, seconds: float) -> quorum.Algorithm:
+    """Subscribe, then wait for news: the two effects a blocked acquisition yields."""
+    yield Listen(channel)
+    woken = yield Wait(seconds)
+    return woken
+
+
+@pytest.mark.parametrize("driver", ["sync", "asyncio"])
+def test_a_subscription_confirmed_too_late_counts_as_a_wake_up(driver: str) -> None:
+    """Masters that confirm a waiter's SUBSCRIBE only after the per-master timeout (listen()
+    gave up waiting) may have published a release before it: the late confirmation wakes
+    the waiter, so that it asks again, instead of leaving it to its timed poll. Nothing is
+    published here, so any wake-up the wait reports is a confirmation's."""
+    with RedisGroup(3) as group:
+        proxies = [FaultProxy(("127.0.0.1", server.port)) for server in group]
+        with contextlib.ExitStack() as stack:
+            for proxy in proxies:
+                stack.enter_context(proxy)
+                proxy.delay = 0.4  # a confirmation takes 0.8 s: four times the timeout
+            urls = [proxy.url for proxy in proxies]
+            waiting = _listen_then_wait("&late", 10.0)
+            if driver == "sync":
+                with Redlock(urls, master_timeout=0.2) as dlm:
+                    woken = dlm._driver.run(waiting)
+            else:
+
+                async def main() -> int:
+                    async with AsyncRedlock(urls, master_timeout=0.2) as dlm:
+                        result: int = await dlm._driver.run(waiting)
+                        return result
+
+                woken = asyncio.run(main())
+    assert woken >= 1

@@ -403,6 +403,7 @@ class _Listener:
         self._conns: list[_Conn] = []
         self._news = asyncio.Event() if roster is not None else None
         self._heard = 0  # wake-ups since the last wait returned
+        self._late = False  # listen() stopped waiting for confirmations
         self._readers: list[asyncio.Task[None]] = []
 
     async def listen(self, channel: str) -> None:
@@ -423,6 +424,7 @@ class _Listener:
         # Subscribed means confirmed: only then can no release slip past unheard.
         if ready:
             await asyncio.wait(ready, timeout=m.timeout, return_when=asyncio.ALL_COMPLETED)
+        self._late = True  # a confirmation from now on comes after the round that follows
 
     async def _read(
         self, i: int, conn: _Conn, subscribe: bytes, confirmed: asyncio.Future[None]
@@ -439,6 +441,9 @@ class _Listener:
                     break
                 if reply and reply[0] == b"subscribe" and not confirmed.done():
                     confirmed.set_result(None)
+                    if self._late:  # may have missed a release sent before it: ask again
+                        self._heard += 1
+                        self._news.set()
                 elif reply and reply[0] == b"message":
                     self._heard += 1  # every copy counts: see the sync driver's _Listener
                     self._news.set()

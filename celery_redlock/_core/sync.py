@@ -576,10 +576,14 @@ class _Listener:
                     del self._conns[fd]
                     conn.disconnect()
                     continue
+                # A subscription confirmed only after listen() gave up on it may have
+                # missed a release sent before it: that counts as a wake-up (ask again).
                 if reply[0] == want:
                     got += 1
                     if want == b"subscribe":
                         outstanding.discard(fd)
+                elif reply[0] == b"subscribe":
+                    got += 1
         return got
 
     def close(self) -> None:
