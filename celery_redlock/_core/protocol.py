@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple
 
-from celery_redlock._core.resp import pack
+from celery_redlock._core.resp import pack, pack_head, pack_rest
 from celery_redlock._core.server import INFO_SECTIONS, ServerFacts, parse_info
 
 
@@ -363,7 +363,7 @@ class Call(NamedTuple):
             parts.append(b"%d" % self.ttl_ms)
         elif self.verb is Verb.RELEASE:
             parts[1:1] = (queue_key(self.key).encode(),)
-        return head + b"".join([b"$%d\r\n%s\r\n" % (len(part), part) for part in parts])
+        return pack_rest(head, parts)
 
     def fallback(self) -> tuple[Any, ...]:
         """The same call with the script's source, for a master that answered NOSCRIPT."""
@@ -457,8 +457,7 @@ _BOOT = BOOT_KEY.encode()
 def _head(verb: Verb) -> bytes:
     """The packed start of ``verb``'s EVALSHA, up to its key count (see Call.packed)."""
     example = Call(verb, "").command()
-    start = pack(example[:3])
-    return b"*%d\r\n" % len(example) + start[start.index(b"\r\n") + 2 :]
+    return pack_head(len(example), example[:3])
 
 
 #: Not for QUEUED: only blocked waiters send it, packed generically.
