@@ -325,8 +325,8 @@ def bad_master_url(kind: str, stack: list[Any], silent_port: int) -> str:
 #: Redis: see tests/test_regressions.py.)
 VOTE_ERRORS = {
     "replica": r"READONLY You can't write against a read only replica",
-    "wrong password": r"AuthenticationError: invalid username-password pair",
-    "no password": r"AuthenticationError: Authentication required",
+    "wrong password": r"AuthenticationError: AUTH refused by \S+: invalid username-password pair",
+    "no password": r"AuthenticationError: SCRIPT LOAD refused by \S+: Authentication required",
     "silent port": r"TimeoutError",
 }
 
