@@ -363,3 +363,35 @@ def _eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
     while not predicate() and time.monotonic() < deadline:
         time.sleep(0.02)
     return predicate()
+
+
+def test_a_refused_log_in_command_fails_the_connection_and_names_the_command(
+    fresh3: RedisGroup,
+) -> None:
+    """A database the master does not have (SELECT), and a user whose ACL refuses CLIENT
+    SETNAME: the connection fails with the command's name and the master's refusal, the
+    master cools down like one that is down, and the other two still make a quorum."""
+    bad = fresh3[2]
+    with bad.client() as client:
+        client.acl_setuser(
+            "nameless", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-client"]
+        )
+    urls = {
+        "SELECT": re.sub(r"/0$", "/99", bad.url),
+        "CLIENT SETNAME": bad.url.replace("//", "//nameless:pw@") + "?client_name=me",
+    }
+    says = {
+        "SELECT": r"ConnectionError: SELECT refused by \S+/99: ResponseError: DB index",
+        "CLIENT SETNAME": r"ConnectionError: CLIENT SETNAME refused by \S+: NoPermissionError",
+    }
+    for command, url in urls.items():
+        with Redlock([*fresh3.urls[:2], url], retry_count=0) as dlm:
+            lock = dlm.acquire("r", 5)
+            assert lock is not None
+            assert re.search(says[command], str(lock.votes[2])), lock.votes[2]
+            assert lock.release()
+            again = dlm.acquire("r", 5)  # at once: the master is in its cool-down
+            assert again is not None
+            assert "skipped for" in str(again.votes[2]), again.votes[2]
+            assert "pw" not in str(again.votes[2])
+            again.release()
