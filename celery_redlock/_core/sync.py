@@ -135,6 +135,7 @@ class _Link:
         log-in (:meth:`Endpoint.handshake`), our scripts and the INFO commands. Their
         replies are owed and drained like any other, before the first call's reply, so
         the first vote already knows what the server is (see :class:`_Opening`)."""
+        handshake = self.endpoint.handshake()  # first: a credential provider may fail
         try:
             sock = connect.open_socket(self.endpoint, self.timeout)
         except OSError as exc:  # ssl.SSLError and TimeoutError are OSErrors
@@ -144,7 +145,6 @@ class _Link:
         self.sock = sock
         self.closer = weakref.finalize(self, sock.close)
         self.reader = resp.new_reader()
-        handshake = self.endpoint.handshake()
         opening = _Opening(self, [_command_name(c) for c in handshake])
         self.owed_since = self.clock()
         self.owed.extend([opening] * opening.size)
