@@ -352,7 +352,7 @@ class Call(NamedTuple):
         """:meth:`command` in RESP, as the sync driver sends it: EVALSHA, the script's SHA1
         and the key count are packed once per verb (packing every argument anew was a
         fifth of a round's Python work)."""
-        head = _HEADS.get(self.verb)
+        head = _HEADS.get(self.verb._name_)  # by name: an Enum's __hash__ is Python code
         if head is None:
             return pack(self.command())
         parts = [self.key.encode(), self.token.encode()]
@@ -461,7 +461,9 @@ def _head(verb: Verb) -> bytes:
 
 
 #: Not for QUEUED: only blocked waiters send it, packed generically.
-_HEADS: dict[Verb, bytes] = {verb: _head(verb) for verb in _SCRIPTS if verb is not Verb.QUEUED}
+_HEADS: dict[str, bytes] = {
+    verb._name_: _head(verb) for verb in _SCRIPTS if verb is not Verb.QUEUED
+}
 
 
 def is_noscript(error: BaseException) -> bool:

@@ -35,7 +35,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 import redis
 from redis.exceptions import AuthenticationError, InvalidResponse, RedisError
@@ -161,8 +161,9 @@ class _Link:
                 sent = sock.send(data)
             except OSError:
                 sent = 0  # nothing went out: the careful path below tries again, and copes
-            if sent == len(data):
-                return _open_fd(sock)  # the usual case, in one call
+            if sent == len(data):  # the usual case, in one call
+                fd = sock.fileno()
+                return fd if fd >= 0 else _open_fd(sock)
         try:
             return self._send(data, sent)
         except _IO_ERRORS:
@@ -436,7 +437,7 @@ class _Driver:
         # time in which the other masters' replies are read.
         if waiting:
             self._collect(rnd, links, waiting, votes, m.clock() + timeout)
-        return cast("list[Vote]", votes)  # every position has its vote now
+        return votes  # type: ignore[return-value]  # every position has its vote now
 
     def _unusable(self, i: int, link: _Link, now: float, timeout: float, rnd: Round) -> Vote | None:
         """Why master ``i`` gets no command this round (an ERROR vote), or None to send.
@@ -471,7 +472,7 @@ class _Driver:
         m = self._m
         clock = m.clock
         call = rnd.call
-        count = quorum.Count(votes, len(m))
+        count = quorum.Count(votes, len(links))
         poller = select.poll()
         for fd in waiting:
             poller.register(fd, select.POLLIN)
@@ -499,6 +500,8 @@ class _Driver:
                 count.add(vote)
                 del waiting[fd]
                 poller.unregister(fd)
+        if not waiting:
+            return
         now = m.clock()
         # Masters that did not answer keep their connection, owing the reply: a clean-up
         # sent next goes behind the call on it, in order. A master that stays silent is
