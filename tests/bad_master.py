@@ -94,16 +94,19 @@ class BadMaster:
     def _serve(self, conn: socket.socket) -> None:
         reader = PyReader()
         try:
-            while data := conn.recv(65536):
-                reader.feed(data)
-                while isinstance(command := reader.gets(), list):
-                    self.seen.append(command[0].upper())
-                    conn.sendall(self._answer(command))
-                    if self.close_after and command[0].upper() in (b"EVALSHA", b"EVAL"):
-                        conn.close()
-                        return
+            with conn:  # closed here too: one accepted as __exit__ ran is not in its list
+                self._serve_on(conn, reader)
         except OSError:
             return
+
+    def _serve_on(self, conn: socket.socket, reader: PyReader) -> None:
+        while data := conn.recv(65536):
+            reader.feed(data)
+            while isinstance(command := reader.gets(), list):
+                self.seen.append(command[0].upper())
+                conn.sendall(self._answer(command))
+                if self.close_after and command[0].upper() in (b"EVALSHA", b"EVAL"):
+                    return
 
     def _answer(self, command: list[bytes]) -> bytes:
         name = command[0].upper()

@@ -33,7 +33,7 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
     "error-reply": ({"reply": ERROR}, "ResponseError: out of luck"),
     "silent": ({"reply": b"", "silent": True}, replies.timed_out(TIMEOUT)),
     "noscript": ({"reply": "wrong-type", "noscript": True}, "unexpected reply b'OK'"),
-    "wrongpass": ({"reply": "wrong-type", "wrongpass": True}, "AuthenticationError: invalid"),
+    "wrongpass": ({"reply": "wrong-type", "wrongpass": True}, "AUTH refused by"),
     "closed-mid-reply": ({"reply": "truncated"}, "closed by the master"),
     **{f"reply-{name}": ({"reply": name}, "") for name in REPLIES},
 }

@@ -325,8 +325,8 @@ def bad_master_url(kind: str, stack: list[Any], silent_port: int) -> str:
 #: Redis: see tests/test_regressions.py.)
 VOTE_ERRORS = {
     "replica": r"READONLY You can't write against a read only replica",
-    "wrong password": r"AuthenticationError: invalid username-password pair",
-    "no password": r"AuthenticationError: Authentication required",
+    "wrong password": r"AuthenticationError: AUTH refused by \S+: invalid username-password pair",
+    "no password": r"AuthenticationError: SCRIPT LOAD refused by \S+: Authentication required",
     "silent port": r"TimeoutError",
 }
 
@@ -363,3 +363,39 @@ def _eventually(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
     while not predicate() and time.monotonic() < deadline:
         time.sleep(0.02)
     return predicate()
+
+
+def test_a_refused_log_in_command_fails_the_connection_and_names_the_command(
+    fresh3: RedisGroup,
+) -> None:
+    """A database the master does not have (SELECT), and a user whose ACL refuses CLIENT
+    SETNAME: the connection fails with the command's name and the master's refusal, and
+    the master cools down like one that is down. Beside one good master and one dead one,
+    so that the round cannot settle before the bad master's vote is in."""
+    bad = fresh3[2]
+    with bad.client() as client:
+        client.acl_setuser(
+            "nameless", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-client"]
+        )
+    urls = {
+        "SELECT": re.sub(r"/0$", "/99", bad.url),
+        "CLIENT SETNAME": bad.url.replace("//", "//nameless:pw@") + "?client_name=me",
+    }
+    says = {
+        "SELECT": r"ConnectionError: SELECT refused by \S+/99: ResponseError: DB index",
+        "CLIENT SETNAME": r"ConnectionError: CLIENT SETNAME refused by \S+: NoPermissionError",
+    }
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        down = f"redis://127.0.0.1:{dead.getsockname()[1]}/0"
+        for command, url in urls.items():
+            with Redlock([fresh3.urls[0], down, url], retry_count=0) as dlm:
+                with pytest.raises(QuorumUnavailable) as err:
+                    dlm.acquire("r", 5)
+                vote = str(err.value.votes[2])
+                assert re.search(says[command], vote), vote
+                with pytest.raises(QuorumUnavailable) as err:
+                    dlm.acquire("r", 5)  # at once: the master is in its cool-down
+                vote = str(err.value.votes[2])
+                assert "skipped for" in vote, vote
+                assert "pw" not in vote

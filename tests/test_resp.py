@@ -95,6 +95,53 @@ def test_garbage_is_a_protocol_error(data: bytes) -> None:
         reader.gets()
 
 
+#: Error replies and the redis-py exception each becomes, with its text (redis-py's mapping).
+ERRORS = [
+    ("NOSCRIPT No matching script.", redis.exceptions.NoScriptError, "No matching script."),
+    (
+        "WRONGPASS invalid username-password pair or user is disabled.",
+        redis.AuthenticationError,
+        "invalid username-password pair or user is disabled.",
+    ),
+    ("NOAUTH Authentication required.", redis.AuthenticationError, "Authentication required."),
+    ("NOPERM no permissions", redis.exceptions.NoPermissionError, "no permissions"),
+    ("READONLY You can't write", redis.ReadOnlyError, "You can't write"),
+    ("LOADING Redis is loading", redis.BusyLoadingError, "Redis is loading"),
+    ("OOM command not allowed", redis.exceptions.OutOfMemoryError, "command not allowed"),
+    ("EXECABORT Transaction discarded", redis.exceptions.ExecAbortError, "Transaction discarded"),
+    ("ERR invalid password", redis.AuthenticationError, "invalid password"),
+    ("ERR max number of clients reached", redis.ConnectionError, "max number of clients reached"),
+    (
+        "ERR wrong number of arguments for 'auth' command",
+        redis.exceptions.AuthenticationWrongNumberOfArgsError,
+        "wrong number of arguments for 'auth' command",
+    ),
+    (
+        "ERR Client sent AUTH, but no password is set",
+        redis.AuthenticationError,
+        "Client sent AUTH, but no password is set",
+    ),
+    ("ERR DB index is out of range", redis.ResponseError, "DB index is out of range"),
+    ("ERR", redis.ResponseError, ""),
+    ("MOVED 3999 127.0.0.1:6381", redis.ResponseError, "MOVED 3999 127.0.0.1:6381"),
+    ("WRONGTYPE Operation against a key", redis.ResponseError, "WRONGTYPE Operation against a key"),
+]
+
+
+@pytest.mark.parametrize(("message", "kind", "text"), ERRORS)
+def test_an_error_reply_is_redis_pys_public_exception(
+    message: str, kind: type[Exception], text: str
+) -> None:
+    """By its code, as redis-py maps it (the code dropped from the text); an unknown code
+    is a ResponseError with the whole text. The same from either reader."""
+    error = error_reply(message)
+    assert type(error) is kind
+    assert str(error) == text
+    for reader in (PyReader(), _hiredis()):
+        reader.feed(b"-%s\r\n" % message.encode())
+        assert _normal(reader.gets()) == (kind.__name__, text)
+
+
 def test_pack_matches_redis_py() -> None:
     args: tuple[Any, ...] = ("EVALSHA", "ab" * 20, 2, "redlock:x", b"\x00bin", "tok\u00e9n", 30000)
     conn = redis.Connection()  # type: ignore[no-untyped-call]

@@ -260,6 +260,32 @@ def test_a_user_without_pub_sub_still_waits_and_releases(
         assert set(warned) <= set(expected)
 
 
+@pytest.mark.parametrize("driver_class", DRIVERS)
+def test_a_waiter_on_masters_with_a_password_is_woken_by_the_release(
+    driver_class: Callable[[list[str]], Driver], resource: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The waiter's subscriptions log in as the rounds' connections do: the release's
+    message wakes it (the fallback poll is a minute away)."""
+    monkeypatch.setattr(quorum, "FALLBACK_POLL", 60.0)
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(RedisServer(password="s3cret")) for _ in range(3)]
+        driver = driver_class([server.url for server in servers])
+        try:
+            holder = driver.acquire(resource, 60)
+            assert holder is not None
+            waiter = Waiter(driver, resource, timeout=30)
+            start_waiting(servers, waiter, 1)
+            released = time.monotonic()
+            assert holder.release()
+            waiter.join(30)
+            assert waiter.error is None
+            assert waiter.lock is not None
+            assert time.monotonic() - released < 10
+            assert waiter.lock.release()
+        finally:
+            driver.close()
+
+
 # --- the lock is handed on, not fought over -------------------------------------------------
 
 

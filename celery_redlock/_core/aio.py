@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any, cast
 
 import redis
-from redis.exceptions import InvalidResponse, RedisError
+from redis.exceptions import AuthenticationError, InvalidResponse, RedisError
 
 from celery_redlock._core import connect, quorum, replies, resp, rounds
 from celery_redlock._core.connect import Endpoint
@@ -53,14 +53,6 @@ _PACKED_OPENING = b"".join(map(resp.pack, [*_LOADS, *_IDENTIFY]))
 _CHUNK = 65536
 
 
-class _Refused(Exception):
-    """A new connection's log-in (AUTH, CLIENT SETNAME, SELECT) answered ``error``."""
-
-    def __init__(self, error: RedisError) -> None:
-        super().__init__(error)
-        self.error = error
-
-
 class _Conn:
     """One stream to one master, ours end to end: opened with :func:`connect.open_stream`,
     written with RESP we packed, read with our reader (hiredis's or ``resp.PyReader``, as
@@ -72,10 +64,22 @@ class _Conn:
     that its master restarted since.
     """
 
-    __slots__ = ("endpoint", "handshake", "opening", "proven", "reader", "stream", "writer")
+    __slots__ = (
+        "commands",
+        "endpoint",
+        "handshake",
+        "name",
+        "opening",
+        "proven",
+        "reader",
+        "stream",
+        "writer",
+    )
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, name: str) -> None:
         self.endpoint = endpoint
+        self.name = name
+        self.commands: list[str] = []  # the log-in's command names, to word a refusal
         self.reader = resp.new_reader()
         self.stream: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -90,8 +94,9 @@ class _Conn:
         try:
             self.stream, self.writer = await connect.open_stream(self.endpoint, timeout)
         except OSError as exc:  # TimeoutError included
-            raise connect.unreachable(self.endpoint, exc) from exc
+            raise connect.unreachable(self.name, exc) from exc
         handshake = self.endpoint.handshake()
+        self.commands = [connect.command_name(command) for command in handshake]
         self.reader = resp.new_reader()
         self.handshake = len(handshake)
         self.opening = opening
@@ -134,9 +139,10 @@ class _Conn:
         the master's: a password is never in it)."""
         while self.handshake:
             reply = await self.reply()
+            command = self.commands[len(self.commands) - self.handshake]
             self.handshake -= 1
             if isinstance(reply, RedisError):
-                raise _Refused(reply)
+                raise connect.refused(command, self.name, reply)
 
     def close(self) -> None:
         """Close at once (no await, so that a cancelled exchange can close on its way out):
@@ -316,7 +322,7 @@ class _Driver:
 
     async def _open(self, i: int, first: bytes) -> _Conn | BaseException:
         """A new connection to master ``i`` with ``first`` sent on it, or why not."""
-        conn = _Conn(self._m.endpoints[i])
+        conn = _Conn(self._m.endpoints[i], self._m.names[i])
         try:
             await conn.open(self._m.timeout, _PACKED_OPENING + first, opening=True)
         except _IO_ERRORS as exc:
@@ -342,9 +348,6 @@ class _Driver:
                 conn.close()
                 await conn.open(m.timeout, _PACKED_OPENING + call.packed(), opening=True)
                 vote = await self._answer(i, conn, call)
-        except _Refused as refused:
-            conn.close()
-            return m.failed(i, refused.error)
         except _IO_ERRORS as exc:
             conn.close()
             return m.failed(i, exc)
@@ -376,8 +379,9 @@ class _Driver:
     async def _read_opening(self, i: int, conn: _Conn) -> None:
         """The replies to a new connection's loads (an error, e.g. an ACL without SCRIPT,
         changes nothing: EVAL still works) and INFO (recorded for master ``i``)."""
-        for _ in _LOADS:
-            await conn.reply()
+        for load in _LOADS:  # NOAUTH: the master wants a password we were not given
+            if isinstance(reply := await conn.reply(), AuthenticationError):
+                raise connect.refused(connect.command_name(load), conn.name, reply)
         facts = [await conn.reply() for _ in _IDENTIFY]
         conn.opening = False
         self._identities.record(i, server_facts(facts))
@@ -415,7 +419,7 @@ class _Listener:
         for i, endpoint in enumerate(m.endpoints):
             if m.health[i].skip_reason(now) is not None:
                 continue
-            conn = _Conn(endpoint)
+            conn = _Conn(endpoint, m.names[i])
             self._conns.append(conn)
             confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             ready.append(confirmed)

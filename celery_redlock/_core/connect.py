@@ -20,7 +20,7 @@ import inspect
 import os
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -262,17 +262,34 @@ async def open_stream(
     return reader, writer
 
 
-def unreachable(endpoint: Endpoint, exc: BaseException) -> redis.RedisError:
-    """A failed :func:`open_socket` or :func:`open_stream` in one wording, whichever opener
-    failed (asyncio words a refused connection differently from ``socket``): redis-py's,
-    as its connections said it (``Error 111 connecting to host:6379. Connection refused.``)."""
-    where = endpoint.path or f"{endpoint.host}:{endpoint.port}"
+def unreachable(master: str, exc: BaseException) -> redis.RedisError:
+    """A failed :func:`open_socket` or :func:`open_stream` to ``master`` (its redacted
+    name), in one wording whichever opener failed: asyncio words a refused connection
+    differently from ``socket``, so the text is made from the error number."""
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):  # distinct in 3.10
-        return redis.TimeoutError("Timeout connecting to server")
+        return redis.TimeoutError(f"cannot connect to {master}: timed out")
     code = getattr(exc, "errno", None)
     if isinstance(exc, ssl.SSLError) or not isinstance(code, int) or code not in errno.errorcode:
-        return redis.ConnectionError(f"Error connecting to {where}. {exc}.")
-    return redis.ConnectionError(f"Error {code} connecting to {where}. {os.strerror(code)}.")
+        return redis.ConnectionError(f"cannot connect to {master}: {exc}")
+    return redis.ConnectionError(f"cannot connect to {master}: [Errno {code}] {os.strerror(code)}")
+
+
+def command_name(command: Sequence[Any]) -> str:
+    """A command's name, never its arguments (AUTH's are secrets): ``CLIENT SETNAME``."""
+    words = [str(w) for w in command[:2]]
+    return " ".join(words) if words[0].upper() in _SUBCOMMANDS else words[0]
+
+
+_SUBCOMMANDS = frozenset({"CLIENT", "SCRIPT"})
+
+
+def refused(command: str, master: str, error: Exception) -> redis.ConnectionError:
+    """The connection failure for an error reply to one of a new connection's commands
+    (the log-in, or any of them answered NOAUTH); an authentication error keeps its class
+    (AuthenticationError, as redis-py raised it)."""
+    if isinstance(error, redis.ConnectionError):
+        return type(error)(f"{command} refused by {master}: {error}")
+    return redis.ConnectionError(f"{command} refused by {master}: {type(error).__name__}: {error}")
 
 
 def _tune(sock: Any, endpoint: Endpoint) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple
 
-from celery_redlock._core.resp import pack
+from celery_redlock._core.resp import pack, pack_head, pack_rest
 from celery_redlock._core.server import INFO_SECTIONS, ServerFacts, parse_info
 
 
@@ -352,7 +352,7 @@ class Call(NamedTuple):
         """:meth:`command` in RESP, as the sync driver sends it: EVALSHA, the script's SHA1
         and the key count are packed once per verb (packing every argument anew was a
         fifth of a round's Python work)."""
-        head = _HEADS.get(self.verb)
+        head = _HEADS.get(self.verb._name_)  # by name: an Enum's __hash__ is Python code
         if head is None:
             return pack(self.command())
         parts = [self.key.encode(), self.token.encode()]
@@ -363,7 +363,7 @@ class Call(NamedTuple):
             parts.append(b"%d" % self.ttl_ms)
         elif self.verb is Verb.RELEASE:
             parts[1:1] = (queue_key(self.key).encode(),)
-        return head + b"".join([b"$%d\r\n%s\r\n" % (len(part), part) for part in parts])
+        return pack_rest(head, parts)
 
     def fallback(self) -> tuple[Any, ...]:
         """The same call with the script's source, for a master that answered NOSCRIPT."""
@@ -457,12 +457,13 @@ _BOOT = BOOT_KEY.encode()
 def _head(verb: Verb) -> bytes:
     """The packed start of ``verb``'s EVALSHA, up to its key count (see Call.packed)."""
     example = Call(verb, "").command()
-    start = pack(example[:3])
-    return b"*%d\r\n" % len(example) + start[start.index(b"\r\n") + 2 :]
+    return pack_head(len(example), example[:3])
 
 
 #: Not for QUEUED: only blocked waiters send it, packed generically.
-_HEADS: dict[Verb, bytes] = {verb: _head(verb) for verb in _SCRIPTS if verb is not Verb.QUEUED}
+_HEADS: dict[str, bytes] = {
+    verb._name_: _head(verb) for verb in _SCRIPTS if verb is not Verb.QUEUED
+}
 
 
 def is_noscript(error: BaseException) -> bool:

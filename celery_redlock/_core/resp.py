@@ -5,6 +5,9 @@ Why not redis-py's parser: it reads from the socket on its own, blocking up to t
 timeout, and a socket with a timeout makes Python poll before every send and receive.
 The driver already polls all masters at once, so its sockets are non-blocking and the
 parsing is fed by hand: hiredis's reader when installed, else :class:`PyReader`.
+
+Error replies become redis-py's public exception classes (:func:`error_reply`), chosen by
+our own table of error codes: the mapping redis-py applies lives in a private module.
 """
 
 from __future__ import annotations
@@ -12,8 +15,22 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from redis._parsers.base import BaseParser
-from redis.exceptions import InvalidResponse
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    BusyLoadingError,
+    ExecAbortError,
+    InvalidResponse,
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+)
 
 try:
     import hiredis
@@ -22,7 +39,16 @@ try:
 except ImportError:  # pragma: no cover - hiredis is an optional extra
     HIREDIS = False
 
-__all__ = ["INCOMPLETE", "PyReader", "Reader", "error_reply", "new_reader", "pack"]
+__all__ = [
+    "INCOMPLETE",
+    "PyReader",
+    "Reader",
+    "error_reply",
+    "new_reader",
+    "pack",
+    "pack_head",
+    "pack_rest",
+]
 
 
 class _Incomplete:
@@ -35,10 +61,42 @@ class _Incomplete:
 INCOMPLETE: Any = _Incomplete()
 
 
-def error_reply(message: str) -> Exception:
-    """redis-py's exception for an error reply (its own mapping of error codes)."""
-    error: Exception = BaseParser.parse_error(message)  # type: ignore[no-untyped-call]
-    return error
+#: Error codes (an error reply's first word) and the exception each becomes, as redis-py
+#: maps them (the same in redis-py 5.0 and 8.x); the code is dropped from the text.
+#: Any other code is a ResponseError with the whole text (MOVED, ASK: we talk to masters).
+_CODES: dict[str, type[RedisError]] = {
+    "NOSCRIPT": NoScriptError,
+    "WRONGPASS": AuthenticationError,
+    "NOAUTH": AuthenticationError,
+    "NOPERM": NoPermissionError,
+    "READONLY": ReadOnlyError,
+    "LOADING": BusyLoadingError,
+    "OOM": OutOfMemoryError,
+    "EXECABORT": ExecAbortError,
+}
+
+#: ``ERR`` replies that redis-py tells apart by their whole text; other ERR replies are
+#: ResponseErrors (the ``ERR`` dropped too).
+_ERR_TEXTS: dict[str, type[RedisError]] = {
+    "max number of clients reached": RedisConnectionError,
+    "invalid password": AuthenticationError,
+    "wrong number of arguments for 'auth' command": AuthenticationWrongNumberOfArgsError,
+    "wrong number of arguments for 'AUTH' command": AuthenticationWrongNumberOfArgsError,
+    # AUTH sent to a server without a password: Redis 6 and later, then Redis 5.
+    "AUTH <password> called without any password configured for the default user."
+    " Are you sure your configuration is correct?": AuthenticationError,
+    "Client sent AUTH, but no password is set": AuthenticationError,
+}
+
+
+def error_reply(message: str) -> RedisError:
+    """The redis-py exception for an error reply's text (``NOSCRIPT ...`` is NoScriptError,
+    ``WRONGPASS ...`` AuthenticationError...), as redis-py's parsers make it."""
+    code, _, rest = message.partition(" ")
+    if code == "ERR":
+        return _ERR_TEXTS.get(rest, ResponseError)(rest)
+    known = _CODES.get(code)
+    return ResponseError(message) if known is None else known(rest)
 
 
 class Reader(Protocol):
@@ -63,8 +121,23 @@ def new_reader() -> Reader:
 
 def pack(args: Sequence[str | bytes | int]) -> bytes:
     """One command as a RESP array of bulk strings."""
-    data = [arg if isinstance(arg, bytes) else str(arg).encode() for arg in args]
-    return b"*%d\r\n" % len(data) + b"".join([b"$%d\r\n%s\r\n" % (len(d), d) for d in data])
+    return pack_rest(b"*%d\r\n" % len(args), [_encode(arg) for arg in args])
+
+
+def pack_head(count: int, leading: Sequence[str | bytes | int]) -> bytes:
+    """The packed start of a command of ``count`` arguments that begins with ``leading``:
+    made once, for a caller that then packs only the rest with :func:`pack_rest`."""
+    return pack_rest(b"*%d\r\n" % count, [_encode(arg) for arg in leading])
+
+
+def pack_rest(head: bytes, parts: list[bytes]) -> bytes:
+    """``head`` (from :func:`pack_head`) followed by ``parts`` as bulk strings: the one
+    place the bulk-string format is written."""
+    return head + b"".join([b"$%d\r\n%s\r\n" % (len(part), part) for part in parts])
+
+
+def _encode(arg: str | bytes | int) -> bytes:
+    return arg if isinstance(arg, bytes) else str(arg).encode()
 
 
 #: Deepest nesting of arrays a reply may have: ours have one level, RESP3 pushes two.

@@ -85,7 +85,9 @@ class Roster:
 
     def answered(self, i: int, call: Call, reply: Any) -> Vote:
         """Master ``i``'s reply to ``call`` (well-formed or not) as its vote."""
-        self.health[i].succeeded()
+        health = self.health[i]
+        if health.failures:  # on every reply: the call is only made when there is news
+            health.succeeded()
         return vote_of(self.names[i], call, reply, self.identities.problems[i], self._granted[i])
 
     def subscription_refused(self, i: int, error: Exception) -> None:

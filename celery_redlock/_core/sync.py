@@ -35,17 +35,16 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 import redis
-from redis.exceptions import InvalidResponse, RedisError
+from redis.exceptions import AuthenticationError, InvalidResponse, RedisError
 
-from celery_redlock._core import quorum, replies, resp
+from celery_redlock._core import connect, quorum, replies, resp
+from celery_redlock._core.connect import Endpoint
 from celery_redlock._core.durations import Seconds
 from celery_redlock._core.handle import HandleBase
-from celery_redlock._core.health import Identities
 from celery_redlock._core.manager import ManagerBase
-from celery_redlock._core.masters import MasterSpec
 from celery_redlock._core.protocol import Call, identify, is_noscript, loads, server_facts
 from celery_redlock._core.quorum import Listen, Round, Vote
 from celery_redlock._core.resp import INCOMPLETE
@@ -85,25 +84,30 @@ os.register_at_fork(after_in_child=_after_fork)
 class _Link:
     """One connection to one master, used by one thread.
 
-    The socket is non-blocking once connected (the handshake, TLS included, is redis-py's,
-    bounded by the timeout): the driver polls every master's socket at once, so a
-    per-socket timeout would only make Python poll again before each send and receive.
-    Replies are parsed from what the driver reads (:mod:`celery_redlock._core.resp`).
+    The socket is ours end to end (:func:`connect.open_socket`, TLS included, bounded by
+    the timeout), non-blocking once connected: the driver polls every master's socket at
+    once, so a per-socket timeout would only make Python poll again before each send and
+    receive. Replies are parsed from what the driver reads (:mod:`celery_redlock._core.resp`).
 
     ``owed`` holds one entry per reply still due for a command whose round settled
     without it: the call, for a release (sent again with its script's source if the late
     reply is NOSCRIPT: a master that lost its scripts would otherwise drop it unseen),
-    the connection's :class:`_Opening` for its INFO replies, else None. ``owed_since`` is
-    when the oldest of them was sent: a master that owes a reply for longer than the
-    per-master timeout is hung, even if every round settled without it.
+    the connection's :class:`_Opening` for the replies to its first write, else None.
+    ``owed_since`` is when the oldest of them was sent: a master that owes a reply for
+    longer than the per-master timeout is hung, even if every round settled without it.
+
+    A link dropped without :meth:`reset` (a lock manager never closed) still closes its
+    socket, through a finalizer rather than ``__del__``.
     """
 
     __slots__ = (
         "__weakref__",
         "clock",
-        "conn",
+        "closer",
+        "endpoint",
         "identities",
         "index",
+        "name",
         "owed",
         "owed_since",
         "proven",
@@ -112,39 +116,38 @@ class _Link:
         "timeout",
     )
 
-    def __init__(
-        self,
-        spec: MasterSpec,
-        timeout: float,
-        clock: Callable[[], float],
-        identities: Identities,
-        index: int,
-    ) -> None:
-        self.conn: Any = spec.connection_class(**spec.connect_kwargs(timeout))
-        self.timeout = timeout
-        self.clock = clock
-        self.identities = identities
+    def __init__(self, roster: Roster, index: int) -> None:
+        self.endpoint = roster.endpoints[index]
+        self.name = roster.names[index]
+        self.timeout = roster.timeout
+        self.clock = roster.clock
+        self.identities = roster.identities
         self.index = index
         self.sock: socket.socket | None = None
+        self.closer: weakref.finalize[[], _Link] | None = None
         self.reader = resp.new_reader()
         self.owed: collections.deque[Call | _Opening | None] = collections.deque()
         self.owed_since = 0.0
         self.proven = False  # answered before: a failure may just mean the master restarted
 
-    def _open(self) -> socket.socket:
-        """Connect; the caller sends ``_PACKED_OPENING`` first, whose replies are owed and
-        drained like any other (an error reply to a load, e.g. an ACL without SCRIPT,
-        changes nothing); the INFO replies are read before the first call's reply, so
-        the first vote already knows what the server is."""
-        self.conn.connect()
-        sock: socket.socket = self.conn._sock
+    def _open(self) -> tuple[socket.socket, bytes]:
+        """Connect; returns the socket and what to send ahead of the first call: the
+        log-in (:meth:`Endpoint.handshake`), our scripts and the INFO commands. Their
+        replies are owed and drained like any other, before the first call's reply, so
+        the first vote already knows what the server is (see :class:`_Opening`)."""
+        handshake = self.endpoint.handshake()  # first: a credential provider may fail
+        try:
+            sock = connect.open_socket(self.endpoint, self.timeout)
+        except OSError as exc:  # ssl.SSLError and TimeoutError are OSErrors
+            raise connect.unreachable(self.name, exc) from exc
         sock.setblocking(False)
         self.sock = sock
+        self.closer = weakref.finalize(self, sock.close)
         self.reader = resp.new_reader()
+        opening = _Opening(self, [connect.command_name(c) for c in handshake])
         self.owed_since = self.clock()
-        self.owed.extend([None] * len(_LOADS))
-        self.owed.extend([_Opening(self.identities, self.index)] * len(_IDENTIFY))
-        return sock
+        self.owed.extend([opening] * opening.size)
+        return sock, b"".join(map(resp.pack, handshake)) + _PACKED_OPENING
 
     def send(self, data: bytes) -> int:
         """Send, reconnecting once if a connection that worked before turns out dead (its
@@ -157,8 +160,9 @@ class _Link:
                 sent = sock.send(data)
             except OSError:
                 sent = 0  # nothing went out: the careful path below tries again, and copes
-            if sent == len(data):
-                return _open_fd(sock)  # the usual case, in one call
+            if sent == len(data):  # the usual case, in one call
+                fd = sock.fileno()
+                return fd if fd >= 0 else _open_fd(sock)
         try:
             return self._send(data, sent)
         except _IO_ERRORS:
@@ -171,8 +175,8 @@ class _Link:
         """Send what is left of ``data`` after ``sent`` bytes, connecting first if needed."""
         sock = self.sock
         if sock is None:
-            sock = self._open()
-            data = _PACKED_OPENING + data  # one write: the call goes out even if no reply comes
+            sock, opening = self._open()
+            data = opening + data  # one write: the call goes out even if no reply comes
         elif not sent:
             try:
                 sent = sock.send(data)
@@ -231,8 +235,11 @@ class _Link:
         return redis.ConnectionError(f"error while {doing}: {exc}")
 
     def _drop(self) -> None:
-        self.conn.disconnect()
-        self.sock = None
+        """Close the socket (only close: a shutdown would cut a forked parent's too)."""
+        closer = self.closer
+        self.sock = self.closer = None
+        if closer is not None:
+            closer()
 
     def owe(self, now: float, again: Call | None = None) -> None:
         if not self.owed:
@@ -241,7 +248,8 @@ class _Link:
 
     def settle(self, reply: Any) -> None:
         """An owed reply arrived: a NOSCRIPT to a call kept for it sends the call again
-        with its script's source (owed in turn)."""
+        with its script's source (owed in turn). Raises a ConnectionError when it fails
+        the connection (a refused log-in, see :class:`_Opening`)."""
         again = self.owed.popleft()
         if isinstance(again, _Opening):
             again.add(reply)
@@ -270,19 +278,43 @@ class _Link:
 
 
 class _Opening:
-    """A new connection's INFO replies, collected as they are drained, then recorded."""
+    """The replies to a new connection's first write, in order: the log-in (each must be
+    ``+OK``), our scripts' loads (an error changes nothing: an ACL without SCRIPT is served
+    by the NOSCRIPT fallback), then INFO's, collected and recorded as the server's facts.
 
-    __slots__ = ("identities", "index", "replies")
+    An error reply to a log-in command fails the connection, naming the command (never
+    its arguments: AUTH's are the password), as redis-py's connect did; so does an
+    authentication error to any of them (NOAUTH: the master wants a password we were
+    not given). The link's master then cools down, as after any failed connect.
+    """
 
-    def __init__(self, identities: Identities, index: int) -> None:
-        self.identities = identities
-        self.index = index
+    __slots__ = ("handshake", "identities", "index", "master", "replies", "seen", "size")
+
+    def __init__(self, link: _Link, handshake: list[str]) -> None:
+        self.master = link.name
+        self.identities = link.identities
+        self.index = link.index
+        self.handshake = handshake
+        self.size = len(handshake) + len(_LOADS) + len(_IDENTIFY)
+        self.seen = 0
         self.replies: list[Any] = []
 
     def add(self, reply: Any) -> None:
-        self.replies.append(reply)
-        if len(self.replies) == len(_IDENTIFY):
-            self.identities.record(self.index, server_facts(self.replies))
+        step = self.seen
+        self.seen += 1
+        if isinstance(reply, RedisError):
+            if step < len(self.handshake):
+                raise connect.refused(self.handshake[step], self.master, reply)
+            if isinstance(reply, AuthenticationError):
+                raise connect.refused(self._command(step), self.master, reply)
+        if self.seen > self.size - len(_IDENTIFY):
+            self.replies.append(reply)
+            if self.seen == self.size:
+                self.identities.record(self.index, server_facts(self.replies))
+
+    def _command(self, step: int) -> str:
+        step -= len(self.handshake)
+        return connect.command_name((_LOADS + _IDENTIFY)[step])
 
 
 def _open_fd(sock: socket.socket) -> int:
@@ -307,7 +339,6 @@ class _Driver:
 
     def __init__(self, roster: Roster) -> None:
         self._m = roster
-        self._identities = roster.identities
         self._free: list[tuple[int, list[_Link]]] = []  # (fork generation, links) not in use
         self._all: weakref.WeakSet[_Link] = weakref.WeakSet()
 
@@ -345,10 +376,7 @@ class _Driver:
             generation, links = self._free.pop()
             if generation == _generation:  # else the parent's, before a fork: dropped
                 return links
-        m = self._m
-        links = [
-            _Link(spec, m.timeout, m.clock, self._identities, i) for i, spec in enumerate(m.specs)
-        ]
+        links = [_Link(self._m, i) for i in range(len(self._m))]
         self._all.update(links)
         return links
 
@@ -391,7 +419,7 @@ class _Driver:
         # time in which the other masters' replies are read.
         if waiting:
             self._collect(rnd, links, waiting, votes, m.clock() + timeout)
-        return cast("list[Vote]", votes)  # every position has its vote now
+        return votes  # type: ignore[return-value]  # every position has its vote now
 
     def _unusable(self, i: int, link: _Link, now: float, timeout: float, rnd: Round) -> Vote | None:
         """Why master ``i`` gets no command this round (an ERROR vote), or None to send.
@@ -426,7 +454,7 @@ class _Driver:
         m = self._m
         clock = m.clock
         call = rnd.call
-        count = quorum.Count(votes, len(m))
+        count = quorum.Count(votes, len(links))
         poller = select.poll()
         for fd in waiting:
             poller.register(fd, select.POLLIN)
@@ -454,6 +482,8 @@ class _Driver:
                 count.add(vote)
                 del waiting[fd]
                 poller.unregister(fd)
+        if not waiting:
+            return
         now = m.clock()
         # Masters that did not answer keep their connection, owing the reply: a clean-up
         # sent next goes behind the call on it, in order. A master that stays silent is
@@ -518,31 +548,28 @@ class _Listener:
 
     def __init__(self, roster: Roster | None) -> None:
         self._m = roster
-        self._conns: dict[int, tuple[int, Any]] = {}  # fd -> (master, connection)
+        self._subs: dict[int, _Subscription] = {}  # by file descriptor
 
     def listen(self, channel: str) -> None:
         m = self._m
         assert m is not None
         now = m.clock()
         deadline = now + m.timeout
-        pending: dict[int, tuple[int, Any]] = {}
-        for i, spec in enumerate(m.specs):
+        for i, endpoint in enumerate(m.endpoints):
             if m.health[i].skip_reason(now) is not None:
                 continue
-            conn = spec.connection_class(**spec.connect_kwargs(m.timeout))
             try:
-                conn.send_command("SUBSCRIBE", channel)
-                pending[conn._sock.fileno()] = (i, conn)
-            except _IO_ERRORS:
-                conn.disconnect()
-        self._conns.update(pending)
+                sub = _Subscription(i, endpoint, m.timeout, channel)
+            except OSError:
+                continue  # unreachable: the wait falls back on its timed poll there
+            self._subs[sub.sock.fileno()] = sub
         # Subscribed means confirmed: only then can no release slip past unheard.
         self._poll(deadline, want=b"subscribe")
 
     def wait(self, seconds: float) -> int:
         """Sleep up to ``seconds``, or until woken; returns how many wake-ups came (the
         first, and any other master's already here)."""
-        if not self._conns or self._m is None:
+        if not self._subs or self._m is None:
             time.sleep(seconds)
             return 0
         return self._poll(self._m.clock() + seconds, want=b"message")
@@ -553,9 +580,9 @@ class _Listener:
         ``want`` replies were read. Connections that fail or refuse are dropped."""
         assert self._m is not None
         poller = select.poll()
-        for fd in self._conns:
+        for fd in self._subs:
             poller.register(fd, select.POLLIN)
-        outstanding = set(self._conns)
+        outstanding = set(self._subs)
         got = 0
         while outstanding:
             remaining = deadline - self._m.clock()
@@ -565,31 +592,79 @@ class _Listener:
             if not events:
                 return got
             for fd, _event in events:
-                i, conn = self._conns[fd]
+                sub = self._subs[fd]
                 try:
-                    reply = conn.read_response()
+                    replies = sub.read()
                 except (*_IO_ERRORS, RedisError) as exc:
                     if not isinstance(exc, _IO_ERRORS):
-                        self._m.subscription_refused(i, exc)
+                        self._m.subscription_refused(sub.index, exc)
                     poller.unregister(fd)
                     outstanding.discard(fd)
-                    del self._conns[fd]
-                    conn.disconnect()
+                    del self._subs[fd]
+                    sub.close()
                     continue
                 # A subscription confirmed only after listen() gave up on it may have
                 # missed a release sent before it: that counts as a wake-up (ask again).
-                if reply[0] == want:
-                    got += 1
-                    if want == b"subscribe":
-                        outstanding.discard(fd)
-                elif reply[0] == b"subscribe":
-                    got += 1
+                for reply in replies:
+                    if reply[0] == want:
+                        got += 1
+                        if want == b"subscribe":
+                            outstanding.discard(fd)
+                    elif reply[0] == b"subscribe":
+                        got += 1
         return got
 
     def close(self) -> None:
-        for _i, conn in self._conns.values():
-            conn.disconnect()
-        self._conns.clear()
+        for sub in self._subs.values():
+            sub.close()
+        self._subs.clear()
+
+
+class _Subscription:
+    """One master's connection of a :class:`_Listener`: logged in (the endpoint's
+    handshake, whose replies are checked first) and subscribed in one write."""
+
+    __slots__ = ("handshake", "index", "reader", "sock")
+
+    def __init__(self, index: int, endpoint: Endpoint, timeout: float, channel: str) -> None:
+        self.index = index
+        commands = endpoint.handshake()
+        self.handshake = len(commands)
+        self.reader = resp.new_reader()
+        self.sock = connect.open_socket(endpoint, timeout)
+        try:
+            self.sock.sendall(b"".join(map(resp.pack, [*commands, ("SUBSCRIBE", channel)])))
+            self.sock.setblocking(False)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def read(self) -> list[Any]:
+        """The replies whole so far, after the log-in's; raises the error reply of one that
+        refused (a RedisError), OSError or InvalidResponse when the connection fails."""
+        while True:
+            try:
+                data = self.sock.recv(_CHUNK)
+            except _WOULD_BLOCK:
+                break
+            if not data:
+                raise ConnectionResetError("closed by the master")
+            self.reader.feed(data)
+            # Loop: a TLS socket can hold decrypted bytes that poll would not report.
+        replies = []
+        while (reply := self.reader.gets()) is not INCOMPLETE:
+            if isinstance(reply, RedisError):
+                if self.handshake:  # a refused log-in: a failure, not a refusal to wake us
+                    raise redis.ConnectionError(str(reply))
+                raise reply
+            if self.handshake:
+                self.handshake -= 1
+            else:
+                replies.append(reply)
+        return replies
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 _Listener.idle = _Listener(None)
