@@ -40,7 +40,7 @@ from typing import Any
 import redis
 from redis.exceptions import AuthenticationError, InvalidResponse, RedisError
 
-from celery_redlock._core import connect, quorum, replies, resp
+from celery_redlock._core import connect, quorum, resp, rounds
 from celery_redlock._core.connect import Endpoint
 from celery_redlock._core.durations import Seconds
 from celery_redlock._core.handle import HandleBase
@@ -48,7 +48,7 @@ from celery_redlock._core.manager import ManagerBase
 from celery_redlock._core.protocol import Call, identify, is_noscript, loads, server_facts
 from celery_redlock._core.quorum import Listen, Round, Vote
 from celery_redlock._core.resp import INCOMPLETE
-from celery_redlock._core.roster import Roster, describe
+from celery_redlock._core.roster import Roster
 from celery_redlock.exceptions import LockLost, LockNotAcquired
 
 __all__ = ["Lock", "Redlock"]
@@ -393,10 +393,7 @@ class _Driver:
         now = m.clock()
         votes: list[Vote | None] = [None] * len(targets)
         waiting: dict[int, tuple[int, int]] = {}  # fd -> (position in votes, master)
-        # The same bytes for every master. A round nobody waits for carries the script's
-        # source: its replies are drained unread, so a NOSCRIPT could not be answered.
-        call = rnd.call
-        packed = call.packed() if wait else resp.pack(call.fallback())
+        packed = rounds.packed(rnd)
         for pos, i in enumerate(targets):
             link = links[i]
             # Only a master owing replies or in its cool-down needs a closer look.
@@ -413,7 +410,8 @@ class _Driver:
             for _pos, i in waiting.values():
                 links[i].owe(now)
             return [
-                v or m.error(t, replies.NOT_AWAITED) for v, t in zip(votes, targets, strict=True)
+                v or rounds.unanswered(m, t, rnd, expired=False)
+                for v, t in zip(votes, targets, strict=True)
             ]
         # The deadline runs from the end of the sends: a slow send must not use up the
         # time in which the other masters' replies are read.
@@ -438,9 +436,7 @@ class _Driver:
             return self._failed(i, link, exc)
         if hung:
             return self._failed(i, link, redis.TimeoutError("replies overdue: the master hangs"))
-        if rnd.call.safe_anytime and link.sock is not None:
-            return None
-        return self._m.skipped(i, now)
+        return rounds.excluded(self._m, i, now, rnd, connected=link.sock is not None)
 
     def _collect(
         self,
@@ -459,12 +455,8 @@ class _Driver:
         for fd in waiting:
             poller.register(fd, select.POLLIN)
         while waiting:
-            remaining = deadline - clock()
-            if count.decided(len(waiting)):
-                remaining = 0  # settled: only pick up replies that are already here
-            # Past the deadline (or once settled), one last look without waiting: a reply
-            # already here is an answer, and reading it now spares the next round.
-            events = poller.poll(max(0, math.ceil(remaining * 1000)))
+            remaining = rounds.patience(count, len(waiting), deadline, clock())
+            events = poller.poll(math.ceil(remaining * 1000))
             if not events and remaining <= 0:
                 break
             for fd, _event in events:
@@ -492,10 +484,7 @@ class _Driver:
         again = rnd.call if rnd.call.safe_anytime else None
         for pos, i in waiting.values():
             links[i].owe(now, again)
-            if expired:
-                votes[pos] = m.failed(i, replies.timed_out(m.timeout))
-            else:
-                votes[pos] = m.error(i, replies.SETTLED_WITHOUT)
+            votes[pos] = rounds.unanswered(m, i, rnd, expired)
 
     def _read(self, i: int, link: _Link, call: Call) -> Vote | None:
         """Read what master ``i`` sent; its Vote, or None while its reply is still to come."""
@@ -511,12 +500,12 @@ class _Driver:
             return self._resend(i, link, call.packed())
         if reply is INCOMPLETE:
             return None
-        if isinstance(reply, RedisError):
-            if is_noscript(reply):
-                return self._resend(i, link, resp.pack(call.fallback()))
-            return self._m.error(i, describe(reply))
-        link.proven = True
-        return self._m.answered(i, call, reply)
+        vote = rounds.judge(self._m, i, call, reply)
+        if vote is None:  # NOSCRIPT: the master lost its scripts
+            return self._resend(i, link, resp.pack(call.fallback()))
+        if not isinstance(reply, RedisError):
+            link.proven = True
+        return vote
 
     def _resend(self, i: int, link: _Link, packed: bytes) -> Vote | None:
         try:
