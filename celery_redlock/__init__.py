@@ -11,8 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from celery_redlock._core.aio import AsyncLock, AsyncRedlock
-from celery_redlock._core.protocol import Outcome
-from celery_redlock._core.quorum import Vote
+from celery_redlock._core.protocol import Outcome, Vote
 from celery_redlock._core.settings import LockSettings
 from celery_redlock._core.sync import Lock, Redlock
 from celery_redlock.exceptions import (

@@ -42,6 +42,30 @@ class Reply(NamedTuple):
     guard_ms: int | None = None
 
 
+class Vote(NamedTuple):
+    """One master's answer in one round; errors carry their cause, masters their redacted name."""
+
+    master: str
+    outcome: Outcome
+    pttl_ms: int | None = None
+    error: str | None = None
+    owner: str | None = None
+    guard_ms: int | None = None  # the master's restart guard, where longer than declared
+
+    def __str__(self) -> str:
+        if self.outcome is Outcome.ERROR:
+            return f"{self.master}: error ({self.error})"
+        if self.outcome is Outcome.ABSTAIN and self.error is not None:
+            return f"{self.master}: abstains ({self.error})"
+        if self.outcome is Outcome.ABSTAIN:
+            return f"{self.master}: abstains after a restart ({self.pttl_ms} ms of guard left)"
+        if self.outcome is Outcome.NO and self.pttl_ms is not None:
+            return f"{self.master}: no (held, {self.pttl_ms} ms left)"
+        if self.error:  # a yes with a caveat: a release that could not wake the next waiter
+            return f"{self.master}: {self.outcome.value} ({self.error})"
+        return f"{self.master}: {self.outcome.value}"
+
+
 @dataclass(frozen=True, slots=True)
 class Script:
     """A Lua script sent by SHA1 (EVALSHA), with its source kept for the NOSCRIPT fallback."""
@@ -315,7 +339,7 @@ _SCRIPTS = {
 class Call(NamedTuple):
     """One command for every master in a round; immutable so one object serves all masters.
 
-    The per-round values (Call, Reply, and _quorum's Vote, Tally, Round) are named tuples,
+    The per-round values (Call, Reply, Vote, and _quorum's Tally, Round) are named tuples,
     not frozen dataclasses: a frozen dataclass sets each field through
     ``object.__setattr__``, which cost an eighth of a lock's CPU (callgrind)."""
 

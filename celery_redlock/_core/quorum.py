@@ -25,6 +25,7 @@ from enum import Enum
 from typing import Any, NamedTuple, TypeAlias
 
 from celery_redlock._core.protocol import Call, Outcome, Verb, waiter_channel
+from celery_redlock._core.protocol import Vote as Vote  # noqa: PLC0414 - re-exported
 from celery_redlock.exceptions import LockLost, QuorumUnavailable
 
 #: Added to every drift estimate: Redis expires keys with up to 1 ms of slack, and our
@@ -63,30 +64,6 @@ def valid_until(start: float, ttl: float, drift_factor: float) -> float:
     by its own clock, and drift covers the difference between its clock and ours.
     """
     return start + ttl - drift(ttl, drift_factor)
-
-
-class Vote(NamedTuple):
-    """One master's answer in one round; errors carry their cause, masters their redacted name."""
-
-    master: str
-    outcome: Outcome
-    pttl_ms: int | None = None
-    error: str | None = None
-    owner: str | None = None
-    guard_ms: int | None = None  # the master's restart guard, where longer than declared
-
-    def __str__(self) -> str:
-        if self.outcome is Outcome.ERROR:
-            return f"{self.master}: error ({self.error})"
-        if self.outcome is Outcome.ABSTAIN and self.error is not None:
-            return f"{self.master}: abstains ({self.error})"
-        if self.outcome is Outcome.ABSTAIN:
-            return f"{self.master}: abstains after a restart ({self.pttl_ms} ms of guard left)"
-        if self.outcome is Outcome.NO and self.pttl_ms is not None:
-            return f"{self.master}: no (held, {self.pttl_ms} ms left)"
-        if self.error:  # a yes with a caveat: a release that could not wake the next waiter
-            return f"{self.master}: {self.outcome.value} ({self.error})"
-        return f"{self.master}: {self.outcome.value}"
 
 
 class Verdict(Enum):
