@@ -25,8 +25,7 @@ from celery_redlock.keys import UnkeyableArgument
 from celery_redlock.outcomes import TaskLocked, is_skipped
 
 if TYPE_CHECKING:
-    from celery_redlock._celery.hooks import install
-    from celery_redlock.task import SingletonTask
+    from celery_redlock.task import SingletonTask, install
 
 __all__ = [
     "AsyncLock",
@@ -51,7 +50,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 #: Names whose modules import Celery, loaded when first asked for.
-_LAZY = {"SingletonTask": "celery_redlock.task", "install": "celery_redlock._celery.hooks"}
+_LAZY = {"SingletonTask": "celery_redlock.task", "install": "celery_redlock.task"}
 
 
 def __getattr__(name: str) -> Any:

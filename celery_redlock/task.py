@@ -73,9 +73,9 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from celery import Task
+from celery import Task, bootsteps
 
-from celery_redlock._celery import publish, run
+from celery_redlock._celery import hooks, publish, run
 from celery_redlock._celery.appconf import (
     TASK_OPTIONS,
     LockOptions,
@@ -84,12 +84,11 @@ from celery_redlock._celery.appconf import (
     parse_options,
 )
 from celery_redlock._celery.appstate import state_of
-from celery_redlock._celery.hooks import install
 from celery_redlock._core.sync import Lock
 from celery_redlock.exceptions import ConfigurationError, LockLost
 from celery_redlock.keys import KeySpec
 
-__all__ = ["SingletonTask", "make_singleton"]
+__all__ = ["SingletonTask", "install", "make_singleton"]
 
 
 class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
@@ -303,3 +302,77 @@ def make_singleton(task: Any, options: Mapping[str, Any]) -> None:
     singleton: type[SingletonTask] = type(cls.__name__, (SingletonTask, cls), attrs)
     singleton.configure_lock(task.app)
     task.__class__ = singleton
+
+
+def install(app: Any) -> None:
+    """Enable celery_redlock on ``app`` (idempotent).
+
+    :class:`SingletonTask` installs itself when a task is bound; call it yourself only
+    for an app whose locked tasks are all listed in ``redlock_tasks`` (tasks whose base
+    class you cannot change). It adds a worker bootstep (:func:`prepare_worker`), the
+    main process's receivers (``_celery/hooks.py``), and locks the ``redlock_tasks`` once
+    the app is finalized, in every process, so that publishers deduplicate them too
+    (``celeryd_init`` is only sent by ``celery worker``, ``worker_init`` only in a
+    worker's main process).
+    """
+    state = state_of(app)
+    if state.installed:
+        return
+    state.installed = True
+    app.steps["worker"].add(RedlockStep)
+    hooks.connect_receivers(_is_locked)
+    if app.finalized:
+        lock_listed_tasks(app, strict=False)
+    else:
+        app.on_after_finalize.connect(_after_finalize, sender=app, weak=False)
+
+
+def _after_finalize(sender: Any, **_kwargs: Any) -> None:
+    lock_listed_tasks(sender, strict=False)
+
+
+def _is_locked(task: Any) -> bool:
+    """Whether ``task`` is a SingletonTask bound to its app."""
+    return isinstance(task, SingletonTask) and task._lock_options is not None
+
+
+class RedlockStep(bootsteps.Step):  # type: ignore[misc]  # celery is untyped
+    """Checks and prepares celery_redlock as the worker starts; an error stops the start."""
+
+    name = "celery_redlock"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        prepare_worker(worker)
+
+
+def prepare_worker(worker: Any) -> None:
+    """Refuse a pool we cannot run in, lock the ``redlock_tasks`` (strictly: task modules
+    are imported by now), and ready the manager and the reaper before the pool forks."""
+    pool = hooks.check_pool(worker)
+    lock_listed_tasks(worker.app, strict=True)
+    hooks.ready_worker(worker.app, pool)
+
+
+def lock_listed_tasks(app: Any, *, strict: bool) -> None:
+    """Make every task named in ``redlock_tasks`` a SingletonTask with the options given.
+
+    ``strict`` (at worker start, once task modules are imported): a name that is not a
+    registered task is an error, since a typo would leave a task unlocked.
+    """
+    missing = []
+    for name, options in state_of(app).config.tasks.items():
+        task = app.tasks.get(name)
+        if task is None:
+            missing.append(name)
+        elif not isinstance(task, SingletonTask):
+            make_singleton(task, options)
+        elif not getattr(type(task), "_redlock_listed", False):
+            raise ConfigurationError(
+                f"redlock_tasks[{name!r}]: {name} is a SingletonTask already;"
+                " give its options in its @app.task(...) instead"
+            )
+    if strict and missing:
+        raise ConfigurationError(
+            f"redlock_tasks names tasks that are not registered: {', '.join(sorted(missing))}"
+        )

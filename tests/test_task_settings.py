@@ -11,7 +11,7 @@ from celery import Celery
 
 from celery_redlock import ConfigurationError, SingletonTask
 from celery_redlock._celery.appconf import LockOptions, OnDuplicate, OnOutage, RedlockConfig
-from celery_redlock._celery.hooks import prepare_worker
+from celery_redlock.task import prepare_worker
 from tests.celery_tasks import task_decorator
 
 MASTERS = ["redis://127.0.0.1:7001/0", "redis://127.0.0.1:7002/0", "redis://127.0.0.1:7003/0"]
