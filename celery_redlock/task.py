@@ -192,7 +192,9 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
             # would push both again (a copy of the request per run). Unless a class
             # between us and Task has a __call__ of its own, do as the tracer does.
             call = self.run
-        return run.run(self, args, kwargs, lambda: call(*args, **kwargs))
+        resource = self._resource(args, kwargs)
+        manager = self._lock_state.manager
+        return run.run(self, manager, resource, lambda: call(*args, **kwargs))
 
     def retry(  # noqa: PLR0917 - Celery's signature
         self,
@@ -238,7 +240,7 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
         send = super().apply_async
         if self._lock_options is None or not publish.wants_dedup(self, options):
             return send(args, kwargs, **options)
-        return publish.publish(self, args, kwargs, options, send)
+        return publish.publish(self, self._spec(), args, kwargs, options, send)
 
 
 def _check_option_names(cls: type[SingletonTask], where: str) -> None:

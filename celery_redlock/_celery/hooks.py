@@ -23,7 +23,7 @@ from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
 from celery_redlock._celery.appstate import state_of
 from celery_redlock._celery.reaper import reaper
-from celery_redlock._celery.run import HEADER_RESOURCE, HEADER_TOKEN, header
+from celery_redlock._celery.run import queued_lock
 from celery_redlock._core.masters import redact
 from celery_redlock.exceptions import ConfigurationError
 
@@ -103,10 +103,9 @@ class _Receivers:
         dlm = state_of(sender.app).manager
         if terminated:
             reaper.reap(request.id, dlm, _patience(sender))
-        token = header(request, HEADER_TOKEN)
-        resource = header(request, HEADER_RESOURCE)
-        if isinstance(token, str) and isinstance(resource, str):
-            dlm.release(resource, token)  # owner-checked: a no-op once the run took the key
+        queued = queued_lock(request)
+        if queued is not None:
+            dlm.release(*queued)  # owner-checked: a no-op once the run took the key
 
     def on_failure(
         self, sender: Any = None, task_id: str | None = None, exception: Any = None, **_kwargs: Any
