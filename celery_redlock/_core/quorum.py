@@ -76,22 +76,13 @@ class Verdict(Enum):
 
 
 class Tally(NamedTuple):
-    """Counts of one round's votes against the quorum of all masters."""
+    """Counts of one round's votes against the quorum of all masters (made by
+    :meth:`Count.tally`); ``error`` counts every master that gave neither yes nor no."""
 
     yes: int
     no: int
     error: int
     quorum: int
-
-    @classmethod
-    def of(cls, votes: Sequence[Vote], n: int) -> Tally:
-        yes = no = 0
-        for vote in votes:
-            if vote.outcome is Outcome.YES:
-                yes += 1
-            elif vote.outcome is Outcome.NO:
-                no += 1
-        return cls(yes, no, n - yes - no, quorum(n))
 
     def verdict(self, in_time: bool = True) -> Verdict:
         if self.yes >= self.quorum and in_time:
@@ -108,7 +99,7 @@ class Tally(NamedTuple):
 
 class Round(NamedTuple):
     """Send ``call`` to ``targets`` (indices; None means every master) at once and return
-    their votes in target order, stopping early once :func:`decided` says the rest cannot
+    their votes in target order, stopping early once :meth:`Count.decided` says the rest cannot
     change the outcome; replies not in by then are ERROR votes. ``wait=False`` sends
     without reading anything (clean-ups whose answer changes nothing), so drivers send it
     with the script's source, which a master that lost its script cache still runs."""
@@ -118,20 +109,10 @@ class Round(NamedTuple):
     targets: tuple[int, ...] | None = None
 
 
-def decided(yes: int, no: int, errors: int, pending: int, masters: int) -> bool:
-    """Whether a round's outcome is settled before every master has answered.
-
-    Settled when a quorum said yes, a quorum said no, or so many failed that neither a yes
-    nor a no quorum is possible any more (an outage). Stopping on "yes is impossible" alone
-    would be wrong: two refusals and one timeout out of five could still become a quorum of
-    refusals, and contention must not be reported as an outage.
-    """
-    need = quorum(masters)
-    return not pending or yes >= need or no >= need or errors > masters - need
-
-
 class Count:
-    """A running tally for a driver reading one round's replies as they arrive.
+    """The one vote counter: a round's votes against the quorum of ``masters``, counted as
+    they arrive (the drivers :meth:`add` each reply and ask :meth:`decided`) or all at once
+    (the algorithm's :meth:`tally` of a finished round).
 
     A round in which a master abstains is read to its end (every reply, or the deadline):
     it fails anyway, and the masters that did not restart report the longest restart
@@ -163,13 +144,24 @@ class Count:
                 self.abstained = True
 
     def decided(self, pending: int) -> bool:
-        """:func:`decided`, inline: drivers ask it after every reply."""
+        """Whether the round is settled with ``pending`` masters still to answer.
+
+        Settled when a quorum said yes, a quorum said no, or so many failed that the
+        others cannot make a quorum of answers any more (an outage). Stopping on "yes is
+        impossible" alone would be wrong: two refusals and one timeout out of five could
+        still become a quorum of refusals, and contention must not be reported as an
+        outage. Drivers ask after every reply, so it stays a few comparisons.
+        """
         need = self.need
         if self.abstained:
             return not pending
         return (
             not pending or self.yes >= need or self.no >= need or self.errors > self.masters - need
         )
+
+    def tally(self) -> Tally:
+        """The counts of a finished round: masters that did not answer count as errors."""
+        return Tally(self.yes, self.no, self.masters - self.yes - self.no, self.need)
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,7 +376,7 @@ def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
         sent = yield Round(_acquire_call(req.key, token, wire_ttl, guard, seen.waiter))
         votes = _within_longest_guard(sent, guard, ctx.guards) if guard else sent
         until = valid_until(start, req.ttl, policy.drift_factor)
-        tally = Tally.of(votes, policy.masters)
+        tally = Count(votes, policy.masters).tally()
         verdict = tally.verdict(in_time=ctx.clock() < until)
         if verdict is Verdict.WON:
             return Lease(req.resource, req.key, token, req.ttl, until, tuple(votes))
@@ -524,7 +516,7 @@ def extend(lease: Lease, ttl: float, policy: Policy, ctx: Context) -> Algorithm:
             ),
         )
     votes = yield Round(Call(Verb.EXTEND, lease.key, lease.token, ttl_ms(ttl)))
-    tally = Tally.of(votes, policy.masters)
+    tally = Count(votes, policy.masters).tally()
     until = valid_until(start, ttl, policy.drift_factor)
     now = ctx.clock()
     if tally.yes >= policy.quorum and now < until:
@@ -553,13 +545,13 @@ def release(key: str, token: str, policy: Policy) -> Algorithm:
     lock that is not ours.
     """
     votes = yield Round(Call(Verb.RELEASE, key, token))
-    return Tally.of(votes, policy.masters).yes >= policy.quorum, tuple(votes)
+    return Count(votes, policy.masters).tally().yes >= policy.quorum, tuple(votes)
 
 
 def inspect(resource: str, key: str, policy: Policy) -> Algorithm:
     """Whether a quorum of masters holds ``key`` now; returns (locked?, votes)."""
     votes = yield Round(Call(Verb.INSPECT, key))
-    tally = Tally.of(votes, policy.masters)
+    tally = Count(votes, policy.masters).tally()
     if tally.yes + tally.no < policy.quorum:
         raise QuorumUnavailable(
             f"too few masters answered to tell whether {resource!r} is locked",
