@@ -52,7 +52,8 @@ def quorum(n: int) -> int:
 
 
 def drift(ttl: float, drift_factor: float) -> float:
-    """How much of a TTL we must not count on, for clock drift and expiry precision."""
+    """How much of a TTL we must not count on, for clock drift and expiry precision: the
+    one drift formula (validity here, the shortest TTL ``LockSettings.ttl`` accepts)."""
     return ttl * drift_factor + CLOCK_PRECISION
 
 
