@@ -21,6 +21,10 @@ __all__ = ["LockSettings"]
 #: Longest resource name we accept: keys are compared and sent on every round.
 MAX_RESOURCE_LENGTH = 1024
 
+#: Longest owner text a lock may carry (after its token's random part): it is sent on every
+#: acquire and shown by ``celery redlock list``, so it names its holder, nothing longer.
+MAX_OWNER_LENGTH = 200
+
 #: Longest TTL (and restart guard), in seconds: 2**53 ms, the most whole milliseconds a
 #: float holds exactly (ours, and the numbers of Redis's Lua), so a TTL reaches every
 #: master as given. Redis's own limit is higher but moves: SET PX and PEXPIRE refuse a
