@@ -70,7 +70,6 @@ class Vote(NamedTuple):
 class Script:
     """A Lua script sent by SHA1 (EVALSHA), with its source kept for the NOSCRIPT fallback."""
 
-    name: str
     source: str
     sha: str = field(init=False)
 
@@ -132,7 +131,6 @@ def parse_marker(raw: bytes | str | None) -> Marker | None:
 # ``tonumber``, see a boot time less than a millisecond off instead of a missing marker
 # (which they would reset, making the master abstain again during a rolling upgrade).
 ACQUIRE = Script(
-    "acquire",
     """
 local declared = tonumber(ARGV[3])
 local longer = nil
@@ -175,7 +173,6 @@ return {0, redis.call('PTTL', KEYS[1]), longer}
 # Returns 1 when the key held our token and was re-armed, else 0. It never creates a key:
 # re-creating an expired lock would resurrect it after someone else may have taken it.
 EXTEND = Script(
-    "extend",
     """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -234,7 +231,6 @@ end
 """
 
 RELEASE = Script(
-    "release",
     _WAKE_NEXT
     + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
@@ -256,7 +252,6 @@ return 1
 # one script, so a key that changed between them cannot be deleted unchecked; the next
 # waiter is woken as by a release, and a user refused PUBLISH still gets the deletion.
 FORCE_RELEASE = Script(
-    "force_release",
     _WAKE_NEXT
     + """
 local value = redis.pcall('GET', KEYS[1])
@@ -280,7 +275,6 @@ return 1
 # without waking anyone: the lock was never ours, so nobody waits for this deletion, and
 # the waiter it would wake would only race the winner (or the sender) and lose.
 UNDO = Script(
-    "undo",
     """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
@@ -295,7 +289,6 @@ return 0
 # grant takes the waiter out of the line; a refusal puts it in, or keeps its place if it
 # is in already (ZADD NX), ordered by this master's clock, and keeps the line alive.
 QUEUED = Script(
-    "queued",
     f"""
 local queue = table.remove(KEYS)
 local waiter = table.remove(ARGV)
