@@ -1,70 +1,14 @@
 """SingletonTask: Celery tasks that never run twice at once, per task or per arguments.
 
-Overview
-========
+A task with ``base=SingletonTask`` holds a Redlock on its call's key for the whole of each
+run, renewed while the body runs and released however the run ends; its options are
+``lock_*`` attributes (``@app.task(base=SingletonTask, lock_key=["customer_id"])``), each
+defaulting to its ``redlock_*`` setting. The README's "SingletonTask" section is the
+user's guide (keys, duplicates, outages, queue-time dedup, canvases, settings).
 
-A task with ``base=SingletonTask`` holds a Redlock (a lock on a quorum of independent
-Redis masters) for the whole of each run. Two calls with the same key never run at the
-same time on any worker of the cluster; calls with different keys run in parallel. The
-key is the task name plus a digest of the arguments bound to the task's signature with
-defaults applied, so ``f(1, b=2)``, ``f(a=1, b=2)`` and ``f(1, 2)`` are one key; the
-arguments are read as the worker receives them, after the task's serializer (with JSON,
-``{1: "x"}`` is ``{"1": "x"}`` and a tuple is a list), wherever the key is computed.
-
-The lock is a short lease (``lock_lease``, 30 s) renewed every third of it while the body
-runs, so a run killed outright frees its key within one lease; under prefork, the worker's
-main process frees it as soon as the killed child has exited. It is released when the
-run ends however it ends: success, exception, ``self.retry()`` (before the retry is sent,
-so the retry can take it again), revoke, time limits, worker shutdown.
-
-Usage
-=====
-
-.. code-block:: python
-
-    from celery_redlock import SingletonTask
-
-    app.conf.redlock_masters = [
-        "redis://r1:6379/0", "redis://r2:6379/0", "redis://r3:6379/0",
-    ]
-
-    @app.task(base=SingletonTask)
-    def sync_customer(customer_id, full=False):
-        ...
-
-    @app.task(base=SingletonTask, lock_key=["customer_id"], lock_on_duplicate="retry")
-    def bill_customer(customer_id, amount):
-        ...
-
-    @app.task(bind=True, base=SingletonTask, lock_key=[], lock_lease=10)
-    def rebuild_index(self):
-        for chunk in chunks():
-            if self.lock_lost:          # renewal failed: another run may have started
-                raise RuntimeError("lost the lock")
-            ...
-
-Options (``@app.task(..., lock_<name>=...)``; each defaults to the ``redlock_<name>``
-setting, see :mod:`celery_redlock.settings`):
-
-- ``lock_key``: None (every argument), argument names, ``[]`` (the task name alone), or a
-  function called with the task's arguments that returns the resource name itself (two
-  tasks returning the same name exclude each other).
-- ``lock_lease``, ``lock_on_duplicate`` (``skip``, ``raise``, ``retry``, ``wait``),
-  ``lock_on_outage`` (``retry``, ``raise``, ``run_unlocked``), ``lock_wait_timeout``,
-  ``lock_duplicate_countdown``, ``lock_outage_countdown``, ``lock_outage_deadline``,
-  ``lock_dedup``, ``lock_dedup_ttl``, ``lock_window``: see
-  :class:`~celery_redlock.settings.LockOptions`.
-
-A duplicate skipped by the default policy succeeds without running its body; its result
-(:func:`~celery_redlock.outcomes.skipped`) says why and names the holder. The callbacks
-and chain steps attached to it are not sent (they would receive a result the body never
-made); those with a task id (every chain step) are marked REVOKED with the reason, so a
-``chain.get()`` raises instead of waiting forever, and the INFO log line counts them. In
-a group or chord the skipped member's result is the skip marker, and the chord goes on.
-With ``raise``, ``wait`` and an exhausted ``retry``, the run fails as any task does
-(errbacks run, Celery fails the rest of its chain). ``lock_dedup`` never applies to a
-call that is part of a canvas (chain step, group or chord member, call with callbacks).
-A call made directly (``sync_customer(42)``) is a plain function call and takes no lock.
+This module is the class and its wiring into an app (:func:`install`, the worker
+bootstep, the ``redlock_tasks`` listing); a run's policies are in ``_celery/run.py``,
+queue-time dedup in ``_celery/publish.py``.
 """
 
 from __future__ import annotations
