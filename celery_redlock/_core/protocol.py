@@ -334,7 +334,7 @@ class Call(NamedTuple):
 
     The per-round values (Call, Reply, Vote, and _quorum's Tally, Round) are named tuples,
     not frozen dataclasses: a frozen dataclass sets each field through
-    ``object.__setattr__``, which cost an eighth of a lock's CPU (callgrind)."""
+    ``object.__setattr__``, a cost on every round that callgrind showed (bench_instructions)."""
 
     verb: Verb
     key: str
