@@ -127,6 +127,11 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
         return hold.lost if hold is not None else None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the body under the call's lock (a direct call runs it plainly).
+
+        Calling ``run`` itself, as Celery's tracer does, is a copy kept for speed: the
+        ``ours`` row of ``benchmarks/bench_instructions.py`` shows it pays.
+        """
         call = super().__call__
         if self.request.called_directly:
             return call(*args, **kwargs)
