@@ -12,8 +12,6 @@ from typing import Any
 import pytest
 
 from celery_redlock import AsyncRedlock, ConfigurationError, LockSettings, Redlock
-from celery_redlock._celery.handoff import as_owner
-from celery_redlock._core.settings import MAX_OWNER_LENGTH
 from celery_redlock.testing import RedisGroup
 from tests.test_errors import DOC, M3
 
@@ -189,12 +187,3 @@ def test_a_lease_beyond_the_longest_ttl_is_refused_by_the_celery_settings() -> N
     app.conf.update(redlock_masters=M3, redlock_restart_guard=0, redlock_lease=1e16)
     with pytest.raises(ConfigurationError, match=r"redlock_lease: ttl 1e\+16 s is beyond"):
         RedlockConfig.from_conf(app.conf)
-
-
-def test_the_celery_layer_names_as_owner_only_what_the_core_accepts() -> None:
-    """One owner limit: a task id the core would refuse as owner text is not offered."""
-    longest = "t" * MAX_OWNER_LENGTH
-    assert as_owner(longest) == longest
-    assert as_owner(longest + "t") is None
-    with pytest.raises(ConfigurationError, match=f"at most {MAX_OWNER_LENGTH} characters"):
-        sync().acquire("r", 10, owner=longest + "t")
