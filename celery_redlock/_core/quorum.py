@@ -127,11 +127,21 @@ class Count:
     def __init__(self, votes: Sequence[Vote | None], masters: int) -> None:
         self.masters = masters
         self.need = quorum(masters)
-        self.yes = self.no = self.errors = 0
-        self.abstained = False
+        # As add() counts, in one loop without a call per vote: every round is counted.
+        yes = no = errors = 0
+        abstained = False
         for vote in votes:
-            if vote is not None:
-                self.add(vote)
+            if vote is None:
+                continue
+            outcome = vote.outcome
+            if outcome is Outcome.YES:
+                yes += 1
+            elif outcome is Outcome.NO:
+                no += 1
+            else:
+                errors += 1
+                abstained = abstained or outcome is Outcome.ABSTAIN
+        self.yes, self.no, self.errors, self.abstained = yes, no, errors, abstained
 
     def add(self, vote: Vote) -> None:
         outcome = vote.outcome
