@@ -17,7 +17,8 @@ in-process (where SingletonTask takes and frees its lock, and the peers free the
 Every call has a distinct argument. The row's figure is the difference between a run of
 N calls and a run of none, divided by N, so start-up and imports cancel out. Locks are
 taken on real redis-servers started here, three masters (the peers and the one-master
-row use the first).
+row use the first). The ``ours-child`` row, counted here only, runs as a prefork pool
+child does, recording each lock for the reaper (``CHILD_ROWS``).
 """
 
 from __future__ import annotations
@@ -32,11 +33,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks._common import available, host_line, version
-from benchmarks.bench_tasks import MASTERS, ROWS, TASK, Servers
+from benchmarks.bench_tasks import MASTERS, ROWS, TASK, Row, Servers, _ours
 
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP = 100  # calls before counting starts in both runs: connections, scripts, caches
 _COLLECTED = re.compile(r"Collected : (\d+)")
+
+#: Rows counted here only. In-process, the other rows' runs record nothing for the prefork
+#: reaper; this one runs as a pool child of a prefork worker does (the reaper enabled in
+#: its main process, then the child's at-fork hook), so each run records its lock.
+CHILD_ROWS = {
+    "ours-child": Row(
+        f"SingletonTask, {MASTERS} masters, as a prefork pool child (records each lock)",
+        _ours(MASTERS),
+    ),
+}
+ALL_ROWS = {**ROWS, **CHILD_ROWS}
 
 
 def _noop(n: int) -> None:
@@ -51,8 +63,13 @@ def child(row: str, calls: int, masters: Sequence[str]) -> None:
     app = Celery("bench_instr", broker="memory://", set_as_current=False)
     app.conf.update(task_ignore_result=True, worker_hijack_root_logger=False)
     servers = Servers("memory://", tuple(masters))
-    task = ROWS[row].define(app, _noop, servers)
+    task = ALL_ROWS[row].define(app, _noop, servers)
     app.finalize()
+    if row in CHILD_ROWS:
+        from celery_redlock._celery.reaper import reaper
+
+        reaper.enable()
+        reaper._after_fork()  # what os.fork() runs in a new pool child
     trace = build_tracer(TASK, task, app=app, eager=False, propagate=False)
 
     def run(count: int, first: int) -> None:
@@ -98,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit("bench_instructions needs valgrind (Debian: apt install valgrind)")
     from celery_redlock.testing import RedisGroup
 
-    rows = available(list(ROWS), ROWS)
+    rows = available(list(ALL_ROWS), ALL_ROWS)
     per_call: dict[str, float] = {}
     with RedisGroup(MASTERS) as masters:
         for row in rows:
@@ -115,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("|---|---|---|")
     for row in rows:
         ratio = f"{per_call[row] / plain:.2f}x" if plain else "—"
-        print(f"| {ROWS[row].label} | {per_call[row] / 1000:.0f}k | {ratio} |")
+        print(f"| {ALL_ROWS[row].label} | {per_call[row] / 1000:.0f}k | {ratio} |")
 
 
 if __name__ == "__main__":

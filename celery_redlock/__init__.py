@@ -11,8 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from celery_redlock._core.aio import AsyncLock, AsyncRedlock
-from celery_redlock._core.protocol import Outcome
-from celery_redlock._core.quorum import Vote
+from celery_redlock._core.protocol import Outcome, Vote
 from celery_redlock._core.settings import LockSettings
 from celery_redlock._core.sync import Lock, Redlock
 from celery_redlock.exceptions import (
@@ -26,8 +25,7 @@ from celery_redlock.keys import UnkeyableArgument
 from celery_redlock.outcomes import TaskLocked, is_skipped
 
 if TYPE_CHECKING:
-    from celery_redlock._celery.hooks import install
-    from celery_redlock.task import SingletonTask
+    from celery_redlock.task import SingletonTask, install
 
 __all__ = [
     "AsyncLock",
@@ -52,7 +50,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 #: Names whose modules import Celery, loaded when first asked for.
-_LAZY = {"SingletonTask": "celery_redlock.task", "install": "celery_redlock._celery.hooks"}
+_LAZY = {"SingletonTask": "celery_redlock.task", "install": "celery_redlock.task"}
 
 
 def __getattr__(name: str) -> Any:

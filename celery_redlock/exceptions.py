@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from celery_redlock._core.quorum import Vote
+    from celery_redlock._core.protocol import Vote
 
 __all__ = [
     "ConfigurationError",

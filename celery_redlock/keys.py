@@ -285,7 +285,10 @@ class KeySpec:
         self, names: tuple[str, ...], args: Sequence[Any], kwargs: Mapping[str, Any]
     ) -> dict[str, Any] | None:
         """:meth:`bind` for plain named parameters; None when the call does not fit (too
-        many, missing, unknown or doubled arguments), for inspect to raise the error."""
+        many, missing, unknown or doubled arguments), for inspect to raise the error.
+
+        A copy of ``inspect.Signature.bind`` kept for speed: the ``ours`` row of
+        ``benchmarks/bench_instructions.py`` shows it pays (every run keys its call)."""
         if len(args) > self._positional:
             return None
         arguments: dict[str, Any] = {}

@@ -1,70 +1,14 @@
 """SingletonTask: Celery tasks that never run twice at once, per task or per arguments.
 
-Overview
-========
+A task with ``base=SingletonTask`` holds a Redlock on its call's key for the whole of each
+run, renewed while the body runs and released however the run ends; its options are
+``lock_*`` attributes (``@app.task(base=SingletonTask, lock_key=["customer_id"])``), each
+defaulting to its ``redlock_*`` setting. The README's "SingletonTask" section is the
+user's guide (keys, duplicates, outages, queue-time dedup, canvases, settings).
 
-A task with ``base=SingletonTask`` holds a Redlock (a lock on a quorum of independent
-Redis masters) for the whole of each run. Two calls with the same key never run at the
-same time on any worker of the cluster; calls with different keys run in parallel. The
-key is the task name plus a digest of the arguments bound to the task's signature with
-defaults applied, so ``f(1, b=2)``, ``f(a=1, b=2)`` and ``f(1, 2)`` are one key; the
-arguments are read as the worker receives them, after the task's serializer (with JSON,
-``{1: "x"}`` is ``{"1": "x"}`` and a tuple is a list), wherever the key is computed.
-
-The lock is a short lease (``lock_lease``, 30 s) renewed every third of it while the body
-runs, so a run killed outright frees its key within one lease; under prefork, the worker's
-main process frees it as soon as the killed child has exited. It is released when the
-run ends however it ends: success, exception, ``self.retry()`` (before the retry is sent,
-so the retry can take it again), revoke, time limits, worker shutdown.
-
-Usage
-=====
-
-.. code-block:: python
-
-    from celery_redlock import SingletonTask
-
-    app.conf.redlock_masters = [
-        "redis://r1:6379/0", "redis://r2:6379/0", "redis://r3:6379/0",
-    ]
-
-    @app.task(base=SingletonTask)
-    def sync_customer(customer_id, full=False):
-        ...
-
-    @app.task(base=SingletonTask, lock_key=["customer_id"], lock_on_duplicate="retry")
-    def bill_customer(customer_id, amount):
-        ...
-
-    @app.task(bind=True, base=SingletonTask, lock_key=[], lock_lease=10)
-    def rebuild_index(self):
-        for chunk in chunks():
-            if self.lock_lost:          # renewal failed: another run may have started
-                raise RuntimeError("lost the lock")
-            ...
-
-Options (``@app.task(..., lock_<name>=...)``; each defaults to the ``redlock_<name>``
-setting, see :mod:`celery_redlock.settings`):
-
-- ``lock_key``: None (every argument), argument names, ``[]`` (the task name alone), or a
-  function called with the task's arguments that returns the resource name itself (two
-  tasks returning the same name exclude each other).
-- ``lock_lease``, ``lock_on_duplicate`` (``skip``, ``raise``, ``retry``, ``wait``),
-  ``lock_on_outage`` (``retry``, ``raise``, ``run_unlocked``), ``lock_wait_timeout``,
-  ``lock_duplicate_countdown``, ``lock_outage_countdown``, ``lock_outage_deadline``,
-  ``lock_dedup``, ``lock_dedup_ttl``, ``lock_window``: see
-  :class:`~celery_redlock.settings.LockOptions`.
-
-A duplicate skipped by the default policy succeeds without running its body; its result
-(:func:`~celery_redlock.outcomes.skipped`) says why and names the holder. The callbacks
-and chain steps attached to it are not sent (they would receive a result the body never
-made); those with a task id (every chain step) are marked REVOKED with the reason, so a
-``chain.get()`` raises instead of waiting forever, and the INFO log line counts them. In
-a group or chord the skipped member's result is the skip marker, and the chord goes on.
-With ``raise``, ``wait`` and an exhausted ``retry``, the run fails as any task does
-(errbacks run, Celery fails the rest of its chain). ``lock_dedup`` never applies to a
-call that is part of a canvas (chain step, group or chord member, call with callbacks).
-A call made directly (``sync_customer(42)``) is a plain function call and takes no lock.
+This module is the class and its wiring into an app (:func:`install`, the worker
+bootstep, the ``redlock_tasks`` listing); a run's policies are in ``_celery/run.py``,
+queue-time dedup in ``_celery/publish.py``.
 """
 
 from __future__ import annotations
@@ -73,9 +17,9 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from celery import Task
+from celery import Task, bootsteps
 
-from celery_redlock._celery import publish, run
+from celery_redlock._celery import hooks, publish, run
 from celery_redlock._celery.appconf import (
     TASK_OPTIONS,
     LockOptions,
@@ -84,12 +28,11 @@ from celery_redlock._celery.appconf import (
     parse_options,
 )
 from celery_redlock._celery.appstate import state_of
-from celery_redlock._celery.hooks import install
 from celery_redlock._core.sync import Lock
 from celery_redlock.exceptions import ConfigurationError, LockLost
 from celery_redlock.keys import KeySpec
 
-__all__ = ["SingletonTask", "make_singleton"]
+__all__ = ["SingletonTask", "install", "make_singleton"]
 
 
 class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
@@ -184,6 +127,11 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
         return hold.lost if hold is not None else None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the body under the call's lock (a direct call runs it plainly).
+
+        Calling ``run`` itself, as Celery's tracer does, is a copy kept for speed: the
+        ``ours`` row of ``benchmarks/bench_instructions.py`` shows it pays.
+        """
         call = super().__call__
         if self.request.called_directly:
             return call(*args, **kwargs)
@@ -193,7 +141,9 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
             # would push both again (a copy of the request per run). Unless a class
             # between us and Task has a __call__ of its own, do as the tracer does.
             call = self.run
-        return run.run(self, args, kwargs, lambda: call(*args, **kwargs))
+        resource = self._resource(args, kwargs)
+        manager = self._lock_state.manager
+        return run.run(self, manager, resource, lambda: call(*args, **kwargs))
 
     def retry(  # noqa: PLR0917 - Celery's signature
         self,
@@ -239,7 +189,7 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
         send = super().apply_async
         if self._lock_options is None or not publish.wants_dedup(self, options):
             return send(args, kwargs, **options)
-        return publish.publish(self, args, kwargs, options, send)
+        return publish.publish(self, self._spec(), args, kwargs, options, send)
 
 
 def _check_option_names(cls: type[SingletonTask], where: str) -> None:
@@ -303,3 +253,77 @@ def make_singleton(task: Any, options: Mapping[str, Any]) -> None:
     singleton: type[SingletonTask] = type(cls.__name__, (SingletonTask, cls), attrs)
     singleton.configure_lock(task.app)
     task.__class__ = singleton
+
+
+def install(app: Any) -> None:
+    """Enable celery_redlock on ``app`` (idempotent).
+
+    :class:`SingletonTask` installs itself when a task is bound; call it yourself only
+    for an app whose locked tasks are all listed in ``redlock_tasks`` (tasks whose base
+    class you cannot change). It adds a worker bootstep (:func:`prepare_worker`), the
+    main process's receivers (``_celery/hooks.py``), and locks the ``redlock_tasks`` once
+    the app is finalized, in every process, so that publishers deduplicate them too
+    (``celeryd_init`` is only sent by ``celery worker``, ``worker_init`` only in a
+    worker's main process).
+    """
+    state = state_of(app)
+    if state.installed:
+        return
+    state.installed = True
+    app.steps["worker"].add(RedlockStep)
+    hooks.connect_receivers(_is_locked)
+    if app.finalized:
+        lock_listed_tasks(app, strict=False)
+    else:
+        app.on_after_finalize.connect(_after_finalize, sender=app, weak=False)
+
+
+def _after_finalize(sender: Any, **_kwargs: Any) -> None:
+    lock_listed_tasks(sender, strict=False)
+
+
+def _is_locked(task: Any) -> bool:
+    """Whether ``task`` is a SingletonTask bound to its app."""
+    return isinstance(task, SingletonTask) and task._lock_options is not None
+
+
+class RedlockStep(bootsteps.Step):  # type: ignore[misc]  # celery is untyped
+    """Checks and prepares celery_redlock as the worker starts; an error stops the start."""
+
+    name = "celery_redlock"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        prepare_worker(worker)
+
+
+def prepare_worker(worker: Any) -> None:
+    """Refuse a pool we cannot run in, lock the ``redlock_tasks`` (strictly: task modules
+    are imported by now), and ready the manager and the reaper before the pool forks."""
+    pool = hooks.check_pool(worker)
+    lock_listed_tasks(worker.app, strict=True)
+    hooks.ready_worker(worker.app, pool)
+
+
+def lock_listed_tasks(app: Any, *, strict: bool) -> None:
+    """Make every task named in ``redlock_tasks`` a SingletonTask with the options given.
+
+    ``strict`` (at worker start, once task modules are imported): a name that is not a
+    registered task is an error, since a typo would leave a task unlocked.
+    """
+    missing = []
+    for name, options in state_of(app).config.tasks.items():
+        task = app.tasks.get(name)
+        if task is None:
+            missing.append(name)
+        elif not isinstance(task, SingletonTask):
+            make_singleton(task, options)
+        elif not getattr(type(task), "_redlock_listed", False):
+            raise ConfigurationError(
+                f"redlock_tasks[{name!r}]: {name} is a SingletonTask already;"
+                " give its options in its @app.task(...) instead"
+            )
+    if strict and missing:
+        raise ConfigurationError(
+            f"redlock_tasks names tasks that are not registered: {', '.join(sorted(missing))}"
+        )

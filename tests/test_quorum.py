@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from celery_redlock._core import quorum
 from celery_redlock._core.protocol import Outcome, Verb
-from celery_redlock._core.quorum import AcquireRequest, Count, Vote, decided
+from celery_redlock._core.quorum import AcquireRequest, Count, Verdict, Vote
 from celery_redlock.exceptions import LockLost, QuorumUnavailable
 from tests.sim import SimCluster
 
@@ -34,6 +34,23 @@ def test_validity_counts_from_before_the_round_and_discounts_drift() -> None:
     assert quorum.valid_until(100.0, 10.0, 0.01) == pytest.approx(109.898)
 
 
+def counted(yes: int, no: int, errors: int, masters: int) -> Count:
+    """A running count that has read ``yes`` grants, ``no`` refusals and ``errors`` errors."""
+    outcomes = [Outcome.YES] * yes + [Outcome.NO] * no + [Outcome.ERROR] * errors
+    return Count([Vote(f"m{i}", o) for i, o in enumerate(outcomes)], masters)
+
+
+def verdicts_to_come(yes: int, no: int, errors: int, pending: int) -> set[Verdict]:
+    """Every verdict the round can still reach, however its ``pending`` masters answer:
+    a brute force over their answers, independent of the counter's own rule."""
+    q = quorum.quorum(yes + no + errors + pending)
+    return {
+        quorum.Tally(yes + y, no + (pending - y - e), errors + e, q).verdict()
+        for y in range(pending + 1)
+        for e in range(pending - y + 1)
+    }
+
+
 @given(
     yes=st.integers(0, 7),
     no=st.integers(0, 7),
@@ -46,16 +63,10 @@ def test_decided_never_stops_while_the_verdict_could_change(
     n = yes + no + errors + pending
     if n == 0:
         return
-    q = quorum.quorum(n)
-    if not quorum.decided(yes, no, errors, pending, n):
+    if not counted(yes, no, errors, n).decided(pending):
         return
     # However the pending masters would have answered, the verdict is the same.
-    verdicts = {
-        quorum.Tally(yes + y, no + (pending - y - e), errors + e, q).verdict()
-        for y in range(pending + 1)
-        for e in range(pending - y + 1)
-    }
-    assert len(verdicts) == 1
+    assert len(verdicts_to_come(yes, no, errors, pending)) == 1
 
 
 def test_acquire_wins_on_a_quorum_and_reports_votes() -> None:
@@ -255,26 +266,23 @@ def test_ttl_goes_on_the_wire_rounded_up() -> None:
     assert quorum.ttl_ms(2) == 2000
 
 
-def test_the_drivers_running_count_settles_exactly_when_decided_does() -> None:
-    """Count.decided (the drivers' per-reply check, quorum worked out once) is the same
-    rule as decided(), for every split of up to seven masters."""
-    for masters in range(1, 8):
+def test_the_running_count_settles_exactly_on_a_certain_win_refusal_or_outage() -> None:
+    """Count.decided (the drivers' per-reply check) stops a round exactly when every way
+    its pending masters could answer gives one verdict, and that verdict is a win, a
+    refusal or an outage, for every split of up to nine masters. A split foreseen before
+    the end is read to the end: ``decided`` only looks for a quorum or a certain outage."""
+    for masters in range(1, 10):
         for yes in range(masters + 1):
             for no in range(masters + 1 - yes):
                 for errors in range(masters + 1 - yes - no):
                     pending = masters - yes - no - errors
-                    votes = (
-                        [Vote("m", Outcome.YES)] * yes
-                        + [Vote("m", Outcome.NO)] * no
-                        + [Vote("m", Outcome.ERROR)] * errors
-                    )
-                    count = Count(votes, masters)
-                    assert count.decided(pending) == decided(yes, no, errors, pending, masters), (
-                        masters,
-                        yes,
-                        no,
-                        errors,
-                    )
+                    to_come = verdicts_to_come(yes, no, errors, pending)
+                    settled = not pending or (len(to_come) == 1 and Verdict.SPLIT not in to_come)
+                    count = counted(yes, no, errors, masters)
+                    assert count.decided(pending) == settled, (masters, yes, no, errors)
+                    if not pending:
+                        q = quorum.quorum(masters)
+                        assert count.tally() == quorum.Tally(yes, no, errors, q)
 
 
 def test_a_round_with_an_abstention_is_read_to_its_end() -> None:

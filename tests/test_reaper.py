@@ -6,13 +6,14 @@ the file format's edges, on real files in a temporary directory.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from celery_redlock._celery.reaper import Reaper, _child_of, _read
+from celery_redlock._celery.reaper import _RECORD, Reaper, _child_of, _quote, _read
 
 
 @pytest.fixture
@@ -96,3 +97,13 @@ def test_file_names_without_a_start_time_name_no_child() -> None:
     assert _child_of(Path("child.12.None.json")) is None
     assert _child_of(Path("child.x.5.json")) is None
     assert _child_of(Path("child.12.345.json")) == (12, "345")
+
+
+@pytest.mark.parametrize(
+    "text", ["plain", 'quote " and \\ backslash', "caf\u00e9 \U0001f600", "\x00\n\t", ""]
+)
+def test_the_hand_built_record_is_what_json_dumps_writes(text: str) -> None:
+    """The record is built by hand for speed (see ``_quote``): byte for byte json.dumps's."""
+    fields = {"task_id": text, "resource": f"r:{text}", "token": f"t:{text}"}
+    built = _RECORD % tuple(_quote(v) for v in fields.values())
+    assert built == json.dumps(fields).encode()

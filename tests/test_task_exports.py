@@ -12,8 +12,7 @@ from celery_redlock import signals
 def test_the_celery_layer_names_are_exported() -> None:
     celery_names = {"SingletonTask", "TaskLocked", "UnkeyableArgument", "install", "is_skipped"}
     assert celery_names <= set(celery_redlock.__all__)
-    from celery_redlock._celery.hooks import install
-    from celery_redlock.task import SingletonTask
+    from celery_redlock.task import SingletonTask, install
 
     assert celery_redlock.SingletonTask is SingletonTask
     assert celery_redlock.install is install

@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from celery_redlock import ConfigurationError, SingletonTask
+from celery_redlock import ConfigurationError, Redlock, SingletonTask
 from celery_redlock._celery.appconf import LockOptions, OnDuplicate, OnOutage, RedlockConfig
-from celery_redlock._celery.hooks import prepare_worker
+from celery_redlock._celery.handoff import as_owner
+from celery_redlock._core.settings import MAX_OWNER_LENGTH
+from celery_redlock.task import prepare_worker
 from tests.celery_tasks import task_decorator
 
 MASTERS = ["redis://127.0.0.1:7001/0", "redis://127.0.0.1:7002/0", "redis://127.0.0.1:7003/0"]
@@ -217,3 +219,15 @@ def test_worker_start_refuses_redlock_tasks_naming_unknown_tasks() -> None:
     app = bare_app(redlock_masters=MASTERS, redlock_tasks={"proj.nope": {}})
     with pytest.raises(ConfigurationError, match=r"not registered: proj\.nope"):
         prepare_worker(fake_worker(app, "celery.concurrency.thread"))
+
+
+def test_the_celery_layer_names_as_owner_only_what_the_core_accepts() -> None:
+    """One owner limit: a task id the core would refuse as owner text is not offered."""
+    longest = "t" * MAX_OWNER_LENGTH
+    assert as_owner(longest) == longest
+    assert as_owner(longest + "t") is None
+    with (
+        Redlock(MASTERS) as dlm,
+        pytest.raises(ConfigurationError, match=f"at most {MAX_OWNER_LENGTH} characters"),
+    ):
+        dlm.acquire("r", 10, owner=longest + "t")

@@ -8,15 +8,14 @@ lock it is. ``Redlock.holder`` reads it on every master at once; it runs only on
 
 from __future__ import annotations
 
-__all__ = ["as_owner", "owner_of"]
+from celery_redlock._core.settings import MAX_OWNER_LENGTH
 
-#: The core's limit on owner text.
-_OWNER_MAX = 200
+__all__ = ["as_owner", "owner_of"]
 
 
 def as_owner(task_id: str | None) -> str | None:
     """A task id as a lock owner (None if the core would refuse it as owner text)."""
-    if task_id and len(task_id) <= _OWNER_MAX and task_id.isprintable():
+    if task_id and len(task_id) <= MAX_OWNER_LENGTH and task_id.isprintable():
         return task_id
     return None
 

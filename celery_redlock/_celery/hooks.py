@@ -1,22 +1,11 @@
-"""Wiring celery_redlock into a Celery app: :func:`install`, and the hooks it sets.
+"""The worker's side of :func:`celery_redlock.install` (which lives with SingletonTask, in
+``celery_redlock.task``, since locking the ``redlock_tasks`` makes SingletonTasks).
 
-:class:`~celery_redlock.SingletonTask` installs itself when a task is bound; call
-``install(app)`` yourself only for an app whose locked tasks are all listed in
-``redlock_tasks`` (tasks whose base class you cannot change)::
-
-    app.conf.redlock_tasks = {"thirdparty.tasks.rebuild_index": {"lock_key": []}}
-    celery_redlock.install(app)
-
-What it sets, and why there:
-
-- A worker bootstep that checks the settings when the worker starts. Signal receivers
-  would not do: Celery logs and ignores their exceptions, and a worker must refuse to
-  start on a bad setting. The step also locks the ``redlock_tasks``, warns when the broker
-  serves as the only master, refuses the eventlet pool, and under prefork enables the
-  reaper (``_reaper``), before the pool forks.
-- ``app.on_after_finalize``: locks the ``redlock_tasks`` in every process, so that
-  publishers deduplicate them too (``celeryd_init`` is only sent by ``celery worker``,
-  ``worker_init`` only in a worker's main process).
+- At worker start, from its bootstep: :func:`check_pool` refuses the eventlet pool;
+  :func:`ready_worker` warns when the broker serves as the only master, makes the lock
+  manager and under prefork enables the reaper (``reaper.py``), before the pool forks.
+  A bootstep rather than signal receivers: Celery logs and ignores their exceptions, and
+  a worker must refuse to start on a bad setting.
 - ``task_revoked`` and ``task_failure`` in the worker's main process: a terminated, timed
   out or lost child's lock is released once the child has exited, and a message revoked
   before it ran frees its queue-time lock. ``worker_shutdown``: the same for whatever the
@@ -26,19 +15,19 @@ What it sets, and why there:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from celery import bootsteps
 from celery import signals as celery_signals
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
 from celery_redlock._celery.appstate import state_of
 from celery_redlock._celery.reaper import reaper
-from celery_redlock._celery.run import HEADER_RESOURCE, HEADER_TOKEN, header
+from celery_redlock._celery.run import queued_lock
 from celery_redlock._core.masters import redact
 from celery_redlock.exceptions import ConfigurationError
 
-__all__ = ["install"]
+__all__ = ["check_pool", "connect_receivers", "ready_worker"]
 
 logger = logging.getLogger("celery_redlock")
 
@@ -47,36 +36,8 @@ logger = logging.getLogger("celery_redlock")
 _UNSUPPORTED_POOLS = ("eventlet",)
 
 
-def install(app: Any) -> None:
-    """Enable celery_redlock on ``app`` (idempotent)."""
-    state = state_of(app)
-    if state.installed:
-        return
-    state.installed = True
-    app.steps["worker"].add(RedlockStep)
-    _connect_receivers()
-    if app.finalized:
-        lock_listed_tasks(app, strict=False)
-    else:
-        app.on_after_finalize.connect(_after_finalize, sender=app, weak=False)
-
-
-def _after_finalize(sender: Any, **_kwargs: Any) -> None:
-    lock_listed_tasks(sender, strict=False)
-
-
-class RedlockStep(bootsteps.Step):  # type: ignore[misc]  # celery is untyped
-    """Checks and prepares celery_redlock as the worker starts; an error stops the start."""
-
-    name = "celery_redlock"
-
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        super().__init__(worker, **kwargs)
-        prepare_worker(worker)
-
-
-def prepare_worker(worker: Any) -> None:
-    app = worker.app
+def check_pool(worker: Any) -> str:
+    """The worker's pool name; refuses a pool whose workers cannot run the lock client."""
     pool = _pool_name(worker.pool_cls)
     if pool in _UNSUPPORTED_POOLS:
         raise ConfigurationError(
@@ -84,9 +45,14 @@ def prepare_worker(worker: Any) -> None:
             " replies in select.poll, which eventlet's monkey-patching removes; use"
             " prefork, threads, solo or gevent"
         )
+    return pool
+
+
+def ready_worker(app: Any, pool: str) -> None:
+    """Warn about a lone broker master, make the manager and, under prefork, enable the
+    reaper: all before the pool forks."""
     state = state_of(app)
     config = state.config
-    lock_listed_tasks(app, strict=True)
     if config.masters_source != "redlock_masters":
         logger.warning(
             "redlock_masters is not set: the %s %s is the only lock master. One master is"
@@ -105,42 +71,16 @@ def _pool_name(pool_cls: Any) -> str:
     return str(module).rsplit(".", 1)[-1].rsplit(":", 1)[0]
 
 
-def lock_listed_tasks(app: Any, *, strict: bool) -> None:
-    """Make every task named in ``redlock_tasks`` a SingletonTask with the options given.
-
-    ``strict`` (at worker start, once task modules are imported): a name that is not a
-    registered task is an error, since a typo would leave a task unlocked.
-    """
-    from celery_redlock.task import SingletonTask, make_singleton
-
-    missing = []
-    for name, options in state_of(app).config.tasks.items():
-        task = app.tasks.get(name)
-        if task is None:
-            missing.append(name)
-        elif not isinstance(task, SingletonTask):
-            make_singleton(task, options)
-        elif not getattr(type(task), "_redlock_listed", False):
-            raise ConfigurationError(
-                f"redlock_tasks[{name!r}]: {name} is a SingletonTask already;"
-                " give its options in its @app.task(...) instead"
-            )
-    if strict and missing:
-        raise ConfigurationError(
-            f"redlock_tasks names tasks that are not registered: {', '.join(sorted(missing))}"
-        )
-
-
-def _connect_receivers() -> None:
-    celery_signals.task_revoked.connect(_on_revoked, weak=False, dispatch_uid="celery_redlock")
-    celery_signals.task_failure.connect(_on_failure, weak=False, dispatch_uid="celery_redlock")
+def connect_receivers(is_locked: Callable[[Any], bool]) -> None:
+    """Connect the main process's receivers, once (by dispatch uid); ``is_locked`` tells
+    a task bound as a SingletonTask from any other sender of Celery's signals."""
+    receivers = _Receivers(is_locked)
+    uid = "celery_redlock"
+    celery_signals.task_revoked.connect(receivers.on_revoked, weak=False, dispatch_uid=uid)
+    celery_signals.task_failure.connect(receivers.on_failure, weak=False, dispatch_uid=uid)
     celery_signals.worker_shutdown.connect(
-        _on_worker_shutdown, weak=False, dispatch_uid="celery_redlock"
+        receivers.on_worker_shutdown, weak=False, dispatch_uid=uid
     )
-
-
-def _locked_task(task: Any) -> bool:
-    return getattr(task, "_lock_options", None) is not None
 
 
 def _patience(task: Any) -> float:
@@ -148,35 +88,40 @@ def _patience(task: Any) -> float:
     return 2 * float(task.lock_options.lease)
 
 
-def _on_revoked(
-    sender: Any = None, request: Any = None, terminated: bool = False, **_kwargs: Any
-) -> None:
-    if not _locked_task(sender) or request is None:
-        return
-    dlm = state_of(sender.app).manager
-    if terminated:
-        reaper.reap(request.id, dlm, _patience(sender))
-    token = header(request, HEADER_TOKEN)
-    resource = header(request, HEADER_RESOURCE)
-    if isinstance(token, str) and isinstance(resource, str):
-        dlm.release(resource, token)  # owner-checked: a no-op once the run took the key
+class _Receivers:
+    """Celery's signals in the worker's main process, for the SingletonTasks among their
+    senders (every task of the process sends them)."""
 
+    def __init__(self, is_locked: Callable[[Any], bool]) -> None:
+        self.is_locked = is_locked
 
-def _on_failure(
-    sender: Any = None, task_id: str | None = None, exception: Any = None, **_kwargs: Any
-) -> None:
-    if (
-        _locked_task(sender)
-        and task_id
-        and isinstance(exception, (WorkerLostError, TimeLimitExceeded))
-    ):
-        reaper.reap(task_id, state_of(sender.app).manager, _patience(sender))
+    def on_revoked(
+        self, sender: Any = None, request: Any = None, terminated: bool = False, **_kwargs: Any
+    ) -> None:
+        if request is None or not self.is_locked(sender):
+            return
+        dlm = state_of(sender.app).manager
+        if terminated:
+            reaper.reap(request.id, dlm, _patience(sender))
+        queued = queued_lock(request)
+        if queued is not None:
+            dlm.release(*queued)  # owner-checked: a no-op once the run took the key
 
+    def on_failure(
+        self, sender: Any = None, task_id: str | None = None, exception: Any = None, **_kwargs: Any
+    ) -> None:
+        if (
+            task_id
+            and isinstance(exception, (WorkerLostError, TimeLimitExceeded))
+            and self.is_locked(sender)
+        ):
+            reaper.reap(task_id, state_of(sender.app).manager, _patience(sender))
 
-def _on_worker_shutdown(sender: Any = None, **_kwargs: Any) -> None:
-    if sender is None or not reaper.enabled:
-        return
-    try:
-        reaper.reap_all(state_of(sender.app).manager)
-    finally:
-        reaper.disable()
+    @staticmethod
+    def on_worker_shutdown(sender: Any = None, **_kwargs: Any) -> None:
+        if sender is None or not reaper.enabled:
+            return
+        try:
+            reaper.reap_all(state_of(sender.app).manager)
+        finally:
+            reaper.disable()

@@ -29,9 +29,11 @@ from celery_redlock import signals
 from celery_redlock._celery.appconf import LockOptions
 from celery_redlock._celery.appstate import state_of
 from celery_redlock._celery.handoff import as_owner
+from celery_redlock._celery.locked import LockedTask
 from celery_redlock._celery.run import HEADER_OUTAGE, HEADER_RESOURCE, HEADER_TOKEN, window_of
 from celery_redlock._core.sync import Lock, Redlock
 from celery_redlock.exceptions import QuorumUnavailable
+from celery_redlock.keys import KeySpec
 
 logger = logging.getLogger("celery_redlock")
 
@@ -47,7 +49,7 @@ _dumps: Callable[..., tuple[str, str, Any]] = serialization.dumps
 _loads: Callable[..., Any] = serialization.loads
 
 
-def wants_dedup(task: Any, options: dict[str, Any]) -> bool:
+def wants_dedup(task: LockedTask, options: dict[str, Any]) -> bool:
     lock_options: LockOptions = task.lock_options
     return (
         lock_options.dedup
@@ -74,10 +76,13 @@ def as_delivered(
     return tuple(delivered_args), dict(delivered_kwargs)
 
 
-def publish(task: Any, args: Any, kwargs: Any, options: dict[str, Any], send: Send) -> Any:
-    """Publish through ``send(args, kwargs, **options)`` unless the key is already taken."""
+def publish(  # noqa: PLR0917 - the call, and what it is keyed and sent by
+    task: LockedTask, spec: KeySpec, args: Any, kwargs: Any, options: dict[str, Any], send: Send
+) -> Any:
+    """Publish through ``send(args, kwargs, **options)`` unless the key (``spec``'s, of the
+    arguments as delivered) is already taken."""
     serializer = options.get("serializer") or task.serializer
-    resource = task._resource(*as_delivered(args, kwargs, serializer))
+    resource = spec.resource(*as_delivered(args, kwargs, serializer))
     options = {**options, "task_id": options.get("task_id") or uuid()}
     dlm = state_of(task.app).manager
     try:
@@ -121,7 +126,7 @@ def publish(task: Any, args: Any, kwargs: Any, options: dict[str, Any], send: Se
 
 
 def _claim(
-    task: Any, dlm: Redlock, resource: str, options: dict[str, Any]
+    task: LockedTask, dlm: Redlock, resource: str, options: dict[str, Any]
 ) -> tuple[Lock | None, str | None]:
     """The queue-time lock, or the id of the call that holds the key (or its window).
 
@@ -147,7 +152,7 @@ def _claim(
 
 
 def _queue_ttl(
-    task: Any, dlm: Redlock, lock_options: LockOptions, options: dict[str, Any]
+    task: LockedTask, dlm: Redlock, lock_options: LockOptions, options: dict[str, Any]
 ) -> float | None:
     """``dedup_ttl`` past the message's due time, within the restart guard; None when the
     guard ends before the message is due (no queue-time lock can cover the wait)."""
@@ -168,7 +173,7 @@ def _queue_ttl(
     return ttl
 
 
-def _delay(task: Any, options: dict[str, Any]) -> float:
+def _delay(task: LockedTask, options: dict[str, Any]) -> float:
     """Seconds until the message is due (countdown or ETA), so the key outlives the wait."""
     countdown = options.get("countdown")
     eta = options.get("eta")

@@ -237,12 +237,15 @@ def _read(path: Path) -> dict[str, str] | None:
     return entry
 
 
-#: A child's record, as JSON, built with json's own string quoting (C code): a third of
-#: ``json.dumps``'s time for three strings (0.5 against 1.8 us), and it runs for every task.
+#: A child's record, the bytes ``json.dumps`` would write for the three strings, built with
+#: json's own string quoting (C code): it is written for every run in a prefork child.
 _RECORD = b'{"task_id": %s, "resource": %s, "token": %s}'
 
 
 def _quote(text: str) -> bytes:
+    """A string quoted as ``json.dumps`` quotes it. Building the record by hand rather than
+    with ``json.dumps`` is a copy kept for speed: the ``ours-child`` row of
+    ``benchmarks/bench_instructions.py`` shows it pays."""
     quoted: str = json.encoder.encode_basestring_ascii(text)
     return quoted.encode()
 

@@ -22,6 +22,7 @@ from celery.exceptions import Reject, Retry
 from celery_redlock import signals
 from celery_redlock._celery.appconf import OUTAGE_COUNTDOWN_MAX, LockOptions, OnDuplicate, OnOutage
 from celery_redlock._celery.handoff import as_owner, owner_of
+from celery_redlock._celery.locked import LockedTask
 from celery_redlock._celery.reaper import reaper
 from celery_redlock._core.sync import Lock, Redlock
 from celery_redlock.exceptions import LockLost, QuorumUnavailable
@@ -49,7 +50,8 @@ def window_of(resource: str) -> str:
 class Hold:
     """The lock one run holds (None while it runs unlocked), and whether it was lost."""
 
-    task: Any
+    task: LockedTask
+    dlm: Redlock
     task_id: str
     resource: str
     lock: Lock | None = None
@@ -78,25 +80,18 @@ def _holds() -> dict[str, Hold]:
     return holds
 
 
-def _manager(task: Any) -> Redlock:
-    """The task's lock manager: its app's, through the state SingletonTask keeps at bind
-    (always there once ``lock_options`` is, which every caller reads first)."""
-    manager: Redlock = task._lock_state.manager
-    return manager
-
-
-def current_hold(task: Any) -> Hold | None:
+def current_hold(task: LockedTask) -> Hold | None:
     """The hold of ``task``'s run in progress in this thread, if any."""
     task_id = task.request.id
     return _holds().get(task_id) if task_id else None
 
 
-def run(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], body: Callable[[], Any]) -> Any:
-    """Run ``body`` under the call's lock, or end the run as the policies say."""
+def run(task: LockedTask, dlm: Redlock, resource: str, body: Callable[[], Any]) -> Any:
+    """Run ``body`` under the lock on ``resource`` (the call's key), taken through ``dlm``
+    (the app's manager), or end the run as the policies say."""
     request = task.request
-    options: LockOptions = task.lock_options
-    dlm = _manager(task)
-    hold = Hold(task, request.id, task._resource(args, kwargs))
+    options = task.lock_options
+    hold = Hold(task, dlm, request.id, resource)
     if not request.retries:
         _adopt(dlm, request)
     try:
@@ -108,7 +103,7 @@ def run(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], body: Callable
     return _run_held(task, hold, body)
 
 
-def _run_held(task: Any, hold: Hold, body: Callable[[], Any]) -> Any:
+def _run_held(task: LockedTask, hold: Hold, body: Callable[[], Any]) -> Any:
     holds = _holds()
     holds[hold.task_id] = hold
     if hold.lock is not None:
@@ -126,7 +121,7 @@ def _run_held(task: Any, hold: Hold, body: Callable[[], Any]) -> Any:
             holds.pop(hold.task_id, None)
 
 
-def finish(task: Any, hold: Hold) -> None:
+def finish(task: LockedTask, hold: Hold) -> None:
     """Release the run's lock (once), after starting its window if it has one."""
     if hold.finished:
         return
@@ -134,9 +129,9 @@ def finish(task: Any, hold: Hold) -> None:
     lock = hold.lock
     if lock is None:
         return
-    options: LockOptions = task.lock_options
+    options = task.lock_options
     if options.window:
-        _start_window(_manager(task), hold, options.window)
+        _start_window(hold.dlm, hold, options.window)
     released = lock.release()
     reaper.forget(hold.task_id)
     logger.debug(
@@ -171,13 +166,21 @@ def _adopt(dlm: Redlock, request: Any) -> None:
     message carries the same token, and two runs must never share one. An outage retry
     carries it again and tries again, in case the outage kept the first try from it.
     """
+    queued = queued_lock(request)
+    if queued is not None and owner_of(queued[1]) == request.id:
+        dlm.release(*queued)
+
+
+def queued_lock(request: Any) -> tuple[str, str] | None:
+    """The ``(resource, token)`` of the queue-time lock the message carries, if any."""
     token = header(request, HEADER_TOKEN)
     resource = header(request, HEADER_RESOURCE)
-    if isinstance(token, str) and isinstance(resource, str) and owner_of(token) == request.id:
-        dlm.release(resource, token)
+    if isinstance(token, str) and isinstance(resource, str):
+        return resource, token
+    return None
 
 
-def _max_hold(task: Any, options: LockOptions) -> float | None:
+def _max_hold(task: LockedTask, options: LockOptions) -> float | None:
     """Renew no longer than the hard time limit plus a lease: a run past its hard limit is
     being killed, and its lock must not outlive it by more than a lease."""
     limits = task.request.timelimit or (None, None)
@@ -228,7 +231,7 @@ def _window_open(dlm: Redlock, hold: Hold, lock: Lock) -> bool:
     return is_open
 
 
-def _duplicate(task: Any, dlm: Redlock, hold: Hold, options: LockOptions) -> Any:
+def _duplicate(task: LockedTask, dlm: Redlock, hold: Hold, options: LockOptions) -> Any:
     policy = options.on_duplicate
     holder_id = dlm.holder(hold.resource)
     if holder_id is None and options.window:
@@ -260,7 +263,7 @@ def _duplicate(task: Any, dlm: Redlock, hold: Hold, options: LockOptions) -> Any
     raise TaskLocked(held, resource=hold.resource)
 
 
-def _skip(task: Any, hold: Hold, held: str, holder_id: str | None) -> dict[str, Any]:
+def _skip(task: LockedTask, hold: Hold, held: str, holder_id: str | None) -> dict[str, Any]:
     """Succeed without running the body.
 
     The callbacks and the rest of a chain are not sent: they would get a result the body
@@ -285,7 +288,7 @@ def _skip(task: Any, hold: Hold, held: str, holder_id: str | None) -> dict[str, 
     return skipped(hold.resource, holder_id)
 
 
-def _mark_unsent(task: Any, signature: Any, reason: str) -> None:
+def _mark_unsent(task: LockedTask, signature: Any, reason: str) -> None:
     options = signature.get("options") if isinstance(signature, Mapping) else None
     task_id = options.get("task_id") if isinstance(options, Mapping) else None
     if task_id:
@@ -294,7 +297,11 @@ def _mark_unsent(task: Any, signature: Any, reason: str) -> None:
 
 
 def _outage(
-    task: Any, hold: Hold, options: LockOptions, exc: QuorumUnavailable, body: Callable[[], Any]
+    task: LockedTask,
+    hold: Hold,
+    options: LockOptions,
+    exc: QuorumUnavailable,
+    body: Callable[[], Any],
 ) -> Any:
     policy = options.on_outage
     signals.lock_outage.send(
@@ -314,7 +321,9 @@ def _outage(
     raise _retry_outage(task, hold, options, exc)
 
 
-def _retry_outage(task: Any, hold: Hold, options: LockOptions, exc: QuorumUnavailable) -> Retry:
+def _retry_outage(
+    task: LockedTask, hold: Hold, options: LockOptions, exc: QuorumUnavailable
+) -> Retry:
     """Send the call again after a backoff (returns the ``Retry`` to raise), or fail it
     once ``outage_deadline`` has passed since its first outage.
 
@@ -365,7 +374,9 @@ def _outage_so_far(request: Any, now: float) -> tuple[float, int]:
     return now, 0
 
 
-def _gave_up(task: Any, hold: Hold, deadline: float, exc: QuorumUnavailable) -> QuorumUnavailable:
+def _gave_up(
+    task: LockedTask, hold: Hold, deadline: float, exc: QuorumUnavailable
+) -> QuorumUnavailable:
     logger.error(
         "task %s[%s] FAILS: it could not lock %r for lock_outage_deadline (%g s): %s",
         task.name,

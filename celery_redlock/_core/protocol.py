@@ -42,11 +42,34 @@ class Reply(NamedTuple):
     guard_ms: int | None = None
 
 
+class Vote(NamedTuple):
+    """One master's answer in one round; errors carry their cause, masters their redacted name."""
+
+    master: str
+    outcome: Outcome
+    pttl_ms: int | None = None
+    error: str | None = None
+    owner: str | None = None
+    guard_ms: int | None = None  # the master's restart guard, where longer than declared
+
+    def __str__(self) -> str:
+        if self.outcome is Outcome.ERROR:
+            return f"{self.master}: error ({self.error})"
+        if self.outcome is Outcome.ABSTAIN and self.error is not None:
+            return f"{self.master}: abstains ({self.error})"
+        if self.outcome is Outcome.ABSTAIN:
+            return f"{self.master}: abstains after a restart ({self.pttl_ms} ms of guard left)"
+        if self.outcome is Outcome.NO and self.pttl_ms is not None:
+            return f"{self.master}: no (held, {self.pttl_ms} ms left)"
+        if self.error:  # a yes with a caveat: a release that could not wake the next waiter
+            return f"{self.master}: {self.outcome.value} ({self.error})"
+        return f"{self.master}: {self.outcome.value}"
+
+
 @dataclass(frozen=True, slots=True)
 class Script:
     """A Lua script sent by SHA1 (EVALSHA), with its source kept for the NOSCRIPT fallback."""
 
-    name: str
     source: str
     sha: str = field(init=False)
 
@@ -108,7 +131,6 @@ def parse_marker(raw: bytes | str | None) -> Marker | None:
 # ``tonumber``, see a boot time less than a millisecond off instead of a missing marker
 # (which they would reset, making the master abstain again during a rolling upgrade).
 ACQUIRE = Script(
-    "acquire",
     """
 local declared = tonumber(ARGV[3])
 local longer = nil
@@ -151,7 +173,6 @@ return {0, redis.call('PTTL', KEYS[1]), longer}
 # Returns 1 when the key held our token and was re-armed, else 0. It never creates a key:
 # re-creating an expired lock would resurrect it after someone else may have taken it.
 EXTEND = Script(
-    "extend",
     """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -210,7 +231,6 @@ end
 """
 
 RELEASE = Script(
-    "release",
     _WAKE_NEXT
     + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
@@ -232,7 +252,6 @@ return 1
 # one script, so a key that changed between them cannot be deleted unchecked; the next
 # waiter is woken as by a release, and a user refused PUBLISH still gets the deletion.
 FORCE_RELEASE = Script(
-    "force_release",
     _WAKE_NEXT
     + """
 local value = redis.pcall('GET', KEYS[1])
@@ -256,7 +275,6 @@ return 1
 # without waking anyone: the lock was never ours, so nobody waits for this deletion, and
 # the waiter it would wake would only race the winner (or the sender) and lose.
 UNDO = Script(
-    "undo",
     """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
@@ -271,7 +289,6 @@ return 0
 # grant takes the waiter out of the line; a refusal puts it in, or keeps its place if it
 # is in already (ZADD NX), ordered by this master's clock, and keeps the line alive.
 QUEUED = Script(
-    "queued",
     f"""
 local queue = table.remove(KEYS)
 local waiter = table.remove(ARGV)
@@ -315,9 +332,9 @@ _SCRIPTS = {
 class Call(NamedTuple):
     """One command for every master in a round; immutable so one object serves all masters.
 
-    The per-round values (Call, Reply, and _quorum's Vote, Tally, Round) are named tuples,
+    The per-round values (Call, Reply, Vote, and _quorum's Tally, Round) are named tuples,
     not frozen dataclasses: a frozen dataclass sets each field through
-    ``object.__setattr__``, which cost an eighth of a lock's CPU (callgrind)."""
+    ``object.__setattr__``, a cost on every round that callgrind showed (bench_instructions)."""
 
     verb: Verb
     key: str

@@ -25,6 +25,7 @@ from enum import Enum
 from typing import Any, NamedTuple, TypeAlias
 
 from celery_redlock._core.protocol import Call, Outcome, Verb, waiter_channel
+from celery_redlock._core.protocol import Vote as Vote  # noqa: PLC0414 - re-exported
 from celery_redlock.exceptions import LockLost, QuorumUnavailable
 
 #: Added to every drift estimate: Redis expires keys with up to 1 ms of slack, and our
@@ -51,7 +52,8 @@ def quorum(n: int) -> int:
 
 
 def drift(ttl: float, drift_factor: float) -> float:
-    """How much of a TTL we must not count on, for clock drift and expiry precision."""
+    """How much of a TTL we must not count on, for clock drift and expiry precision: the
+    one drift formula (validity here, the shortest TTL ``LockSettings.ttl`` accepts)."""
     return ttl * drift_factor + CLOCK_PRECISION
 
 
@@ -65,30 +67,6 @@ def valid_until(start: float, ttl: float, drift_factor: float) -> float:
     return start + ttl - drift(ttl, drift_factor)
 
 
-class Vote(NamedTuple):
-    """One master's answer in one round; errors carry their cause, masters their redacted name."""
-
-    master: str
-    outcome: Outcome
-    pttl_ms: int | None = None
-    error: str | None = None
-    owner: str | None = None
-    guard_ms: int | None = None  # the master's restart guard, where longer than declared
-
-    def __str__(self) -> str:
-        if self.outcome is Outcome.ERROR:
-            return f"{self.master}: error ({self.error})"
-        if self.outcome is Outcome.ABSTAIN and self.error is not None:
-            return f"{self.master}: abstains ({self.error})"
-        if self.outcome is Outcome.ABSTAIN:
-            return f"{self.master}: abstains after a restart ({self.pttl_ms} ms of guard left)"
-        if self.outcome is Outcome.NO and self.pttl_ms is not None:
-            return f"{self.master}: no (held, {self.pttl_ms} ms left)"
-        if self.error:  # a yes with a caveat: a release that could not wake the next waiter
-            return f"{self.master}: {self.outcome.value} ({self.error})"
-        return f"{self.master}: {self.outcome.value}"
-
-
 class Verdict(Enum):
     """What a round of acquire votes says about the resource."""
 
@@ -99,22 +77,13 @@ class Verdict(Enum):
 
 
 class Tally(NamedTuple):
-    """Counts of one round's votes against the quorum of all masters."""
+    """Counts of one round's votes against the quorum of all masters (made by
+    :meth:`Count.tally`); ``error`` counts every master that gave neither yes nor no."""
 
     yes: int
     no: int
     error: int
     quorum: int
-
-    @classmethod
-    def of(cls, votes: Sequence[Vote], n: int) -> Tally:
-        yes = no = 0
-        for vote in votes:
-            if vote.outcome is Outcome.YES:
-                yes += 1
-            elif vote.outcome is Outcome.NO:
-                no += 1
-        return cls(yes, no, n - yes - no, quorum(n))
 
     def verdict(self, in_time: bool = True) -> Verdict:
         if self.yes >= self.quorum and in_time:
@@ -131,7 +100,7 @@ class Tally(NamedTuple):
 
 class Round(NamedTuple):
     """Send ``call`` to ``targets`` (indices; None means every master) at once and return
-    their votes in target order, stopping early once :func:`decided` says the rest cannot
+    their votes in target order, stopping early once :meth:`Count.decided` says the rest cannot
     change the outcome; replies not in by then are ERROR votes. ``wait=False`` sends
     without reading anything (clean-ups whose answer changes nothing), so drivers send it
     with the script's source, which a master that lost its script cache still runs."""
@@ -141,20 +110,10 @@ class Round(NamedTuple):
     targets: tuple[int, ...] | None = None
 
 
-def decided(yes: int, no: int, errors: int, pending: int, masters: int) -> bool:
-    """Whether a round's outcome is settled before every master has answered.
-
-    Settled when a quorum said yes, a quorum said no, or so many failed that neither a yes
-    nor a no quorum is possible any more (an outage). Stopping on "yes is impossible" alone
-    would be wrong: two refusals and one timeout out of five could still become a quorum of
-    refusals, and contention must not be reported as an outage.
-    """
-    need = quorum(masters)
-    return not pending or yes >= need or no >= need or errors > masters - need
-
-
 class Count:
-    """A running tally for a driver reading one round's replies as they arrive.
+    """The one vote counter: a round's votes against the quorum of ``masters``, counted as
+    they arrive (the drivers :meth:`add` each reply and ask :meth:`decided`) or all at once
+    (the algorithm's :meth:`tally` of a finished round).
 
     A round in which a master abstains is read to its end (every reply, or the deadline):
     it fails anyway, and the masters that did not restart report the longest restart
@@ -168,11 +127,21 @@ class Count:
     def __init__(self, votes: Sequence[Vote | None], masters: int) -> None:
         self.masters = masters
         self.need = quorum(masters)
-        self.yes = self.no = self.errors = 0
-        self.abstained = False
+        # As add() counts, in one loop without a call per vote: every round is counted.
+        yes = no = errors = 0
+        abstained = False
         for vote in votes:
-            if vote is not None:
-                self.add(vote)
+            if vote is None:
+                continue
+            outcome = vote.outcome
+            if outcome is Outcome.YES:
+                yes += 1
+            elif outcome is Outcome.NO:
+                no += 1
+            else:
+                errors += 1
+                abstained = abstained or outcome is Outcome.ABSTAIN
+        self.yes, self.no, self.errors, self.abstained = yes, no, errors, abstained
 
     def add(self, vote: Vote) -> None:
         outcome = vote.outcome
@@ -186,13 +155,24 @@ class Count:
                 self.abstained = True
 
     def decided(self, pending: int) -> bool:
-        """:func:`decided`, inline: drivers ask it after every reply."""
+        """Whether the round is settled with ``pending`` masters still to answer.
+
+        Settled when a quorum said yes, a quorum said no, or so many failed that the
+        others cannot make a quorum of answers any more (an outage). Stopping on "yes is
+        impossible" alone would be wrong: two refusals and one timeout out of five could
+        still become a quorum of refusals, and contention must not be reported as an
+        outage. Drivers ask after every reply, so it stays a few comparisons.
+        """
         need = self.need
         if self.abstained:
             return not pending
         return (
             not pending or self.yes >= need or self.no >= need or self.errors > self.masters - need
         )
+
+    def tally(self) -> Tally:
+        """The counts of a finished round: masters that did not answer count as errors."""
+        return Tally(self.yes, self.no, self.masters - self.yes - self.no, self.need)
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,7 +387,7 @@ def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
         sent = yield Round(_acquire_call(req.key, token, wire_ttl, guard, seen.waiter))
         votes = _within_longest_guard(sent, guard, ctx.guards) if guard else sent
         until = valid_until(start, req.ttl, policy.drift_factor)
-        tally = Tally.of(votes, policy.masters)
+        tally = Count(votes, policy.masters).tally()
         verdict = tally.verdict(in_time=ctx.clock() < until)
         if verdict is Verdict.WON:
             return Lease(req.resource, req.key, token, req.ttl, until, tuple(votes))
@@ -547,7 +527,7 @@ def extend(lease: Lease, ttl: float, policy: Policy, ctx: Context) -> Algorithm:
             ),
         )
     votes = yield Round(Call(Verb.EXTEND, lease.key, lease.token, ttl_ms(ttl)))
-    tally = Tally.of(votes, policy.masters)
+    tally = Count(votes, policy.masters).tally()
     until = valid_until(start, ttl, policy.drift_factor)
     now = ctx.clock()
     if tally.yes >= policy.quorum and now < until:
@@ -576,13 +556,13 @@ def release(key: str, token: str, policy: Policy) -> Algorithm:
     lock that is not ours.
     """
     votes = yield Round(Call(Verb.RELEASE, key, token))
-    return Tally.of(votes, policy.masters).yes >= policy.quorum, tuple(votes)
+    return Count(votes, policy.masters).tally().yes >= policy.quorum, tuple(votes)
 
 
 def inspect(resource: str, key: str, policy: Policy) -> Algorithm:
     """Whether a quorum of masters holds ``key`` now; returns (locked?, votes)."""
     votes = yield Round(Call(Verb.INSPECT, key))
-    tally = Tally.of(votes, policy.masters)
+    tally = Count(votes, policy.masters).tally()
     if tally.yes + tally.no < policy.quorum:
         raise QuorumUnavailable(
             f"too few masters answered to tell whether {resource!r} is locked",

@@ -5,8 +5,7 @@ from __future__ import annotations
 import reprlib
 from typing import Any
 
-from celery_redlock._core import quorum
-from celery_redlock._core.protocol import GRANTED, Call, Outcome
+from celery_redlock._core.protocol import GRANTED, Call, Outcome, Vote
 
 #: The vote of a master whose reply a round did not wait for: it settled first, or it was
 #: sent without waiting (a release's clean-up). One wording, whichever driver ran it.
@@ -30,19 +29,17 @@ def unexpected(reply: object, why: Exception) -> str:
     return f"unexpected reply {_shown.repr(reply)}: {why}"
 
 
-def vote_of(
-    name: str, call: Call, reply: Any, problem: str | None, granted: quorum.Vote
-) -> quorum.Vote:
+def vote_of(name: str, call: Call, reply: Any, problem: str | None, granted: Vote) -> Vote:
     """A master's well-formed reply as its vote, the same in both drivers: an ERROR vote
     when the master may not vote (``problem``: it evicts, or is another master), or when
     ``Call.parse`` refuses the reply; ``granted`` is the caller's ready yes-vote."""
     if problem is not None:
-        return quorum.Vote(name, Outcome.ERROR, error=problem)
+        return Vote(name, Outcome.ERROR, error=problem)
     try:
         parsed = call.parse(reply)
     except Exception as exc:  # any malformed reply is an ERROR vote
-        return quorum.Vote(name, Outcome.ERROR, error=unexpected(reply, exc))
+        return Vote(name, Outcome.ERROR, error=unexpected(reply, exc))
     if parsed is GRANTED:
         return granted
     outcome, pttl_ms, owner, note, guard_ms = parsed
-    return quorum.Vote(name, outcome, pttl_ms, note, owner, guard_ms)
+    return Vote(name, outcome, pttl_ms, note, owner, guard_ms)

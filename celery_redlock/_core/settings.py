@@ -13,12 +13,17 @@ from datetime import timedelta
 from typing import Any
 
 from celery_redlock._core.durations import bounded, seconds
+from celery_redlock._core.quorum import drift
 from celery_redlock.exceptions import ConfigurationError
 
 __all__ = ["LockSettings"]
 
 #: Longest resource name we accept: keys are compared and sent on every round.
 MAX_RESOURCE_LENGTH = 1024
+
+#: Longest owner text a lock may carry (after its token's random part): it is sent on every
+#: acquire and shown by ``celery redlock list``, so it names its holder, nothing longer.
+MAX_OWNER_LENGTH = 200
 
 #: Longest TTL (and restart guard), in seconds: 2**53 ms, the most whole milliseconds a
 #: float holds exactly (ours, and the numbers of Redis's Lua), so a TTL reaches every
@@ -39,7 +44,8 @@ class LockSettings:
       giving up (a held resource ends a non-blocking call at once).
     - ``retry_delay`` (0.2 s): the upper bound of the random delay between those rounds.
     - ``drift_factor`` (0.01): share of the TTL discounted for clock drift between us and
-      the masters (plus 2 ms for Redis's expiry precision), as in the reference.
+      the masters (plus ``quorum.CLOCK_PRECISION`` for Redis's expiry precision), as in
+      the reference (``quorum.drift``).
     - ``key_prefix`` (``"redlock:"``): prepended to every resource to form its key.
     - ``restart_guard`` (60 s): how long a master that lost its data (restart without
       persistence, FLUSHALL, a fresh replacement) sits out every quorum. It must cover
@@ -92,7 +98,7 @@ class LockSettings:
                 f"ttl {ttl} s is beyond the longest TTL ({MAX_TTL:.0f} s, 2**53 ms): Redis"
                 " would refuse it, or round it"
             )
-        floor = self.master_timeout + ttl * self.drift_factor + 0.002
+        floor = self.master_timeout + drift(ttl, self.drift_factor)
         if ttl <= floor:
             raise ConfigurationError(
                 f"ttl {ttl} s leaves no validity: it must exceed master_timeout"

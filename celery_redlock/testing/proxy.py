@@ -16,7 +16,7 @@ buffers: it never holds up the others. Faults apply at once to new and existing 
 Delays are aimed at, not just waited out: timers use ``select()`` on the epoll fd, because
 epoll itself rounds every wait up to a whole millisecond (an error as large as the 1 ms
 delays the benchmarks add), and they fire early by the wake-up lateness the loop has
-learned (~0.1 ms in a VM, capped at 0.3 ms), so the *mean* delay is the one asked for. A
+learned (capped at ``_LATENESS_CAP``), so the *mean* delay is the one asked for. A
 single chunk may leave up to that much before its due time.
 
 The loop never dies silently: an error inside it ends it (every connection is closed) and
@@ -300,10 +300,11 @@ class FaultProxy:
         return self._selector.select(timeout)
 
     def _learn_lateness(self, sample: float) -> None:
-        """Track how late the OS wakes us (~0.1 ms in a VM), to aim that much early.
+        """Track how late the OS wakes us, to aim that much early.
 
-        Without this every delayed chunk would be late by the wake-up lateness, +10% on
-        a 1 ms delay. The cap bounds how early a chunk can leave when the machine is busy.
+        Without this every delayed chunk would be late by the wake-up lateness, a share of
+        a millisecond delay that matters. The cap bounds how early a chunk can leave when
+        the machine is busy.
         """
         sample = min(max(sample, 0.0), _LATENESS_CAP)
         self._lateness += (sample - self._lateness) * 0.1

@@ -44,7 +44,7 @@ _RESERVED_PORT = 6379
 _STARTUP_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
 _BIND_RETRIES = 5
-_POLL_INTERVAL = 0.001  # a server is up in ~5 ms; polling coarser than that wastes the wait
+_POLL_INTERVAL = 0.001  # a server is up within milliseconds: poll no coarser than that
 _LOG_TAIL_LINES = 20
 _PID_RE = re.compile(rb"^process_id:(\d+)", re.MULTILINE)
 
@@ -324,8 +324,9 @@ class RedisServer:
     def _exchange(self, commands: list[tuple[str, ...]], timeout: float) -> list[bytes] | None:
         """Replies to ``commands`` on a fresh connection (b"" once the server hung up), or None.
 
-        Raw RESP rather than redis-py: a ``redis.Redis()`` costs ~3 ms to construct (it looks
-        up its own version in the package metadata each time), more than a server takes to start.
+        Raw RESP rather than redis-py: constructing a ``redis.Redis()`` looks up its own
+        version in the package metadata each time, which takes longer than a server takes to
+        start.
         """
         if self.password is not None:
             commands = [("AUTH", self.password), *commands]
