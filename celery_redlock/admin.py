@@ -390,7 +390,7 @@ def _probe(client: redis.Redis, settings: LockSettings) -> str | None:
             if lock is None:
                 return "a probe lock was refused: its key is held"
             # Lock.release's own round, kept for its votes: they say why it failed.
-            released, votes = dlm._driver.run(quorum.release(lock.key, lock.token, dlm.policy))
+            released, votes = dlm.run(quorum.release(lock.key, lock.token, dlm.policy))
     except LockError as exc:
         return f"no lock can be taken there: {_why(exc)}"
     if not released:

@@ -19,21 +19,6 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "celery_redlock"
 
-#: Reads of a private (underscore) attribute across packages, left to fix in files whose
-#: owners are rewriting them (the drivers' connection code): (reading module, expression).
-#: Each needs a public way in: one for a round's votes on the manager (admin.py's probe
-#: runs ``dlm._driver``), redis-py's public connection API instead of ``_sock`` (sync.py)
-#: and of ``redis._parsers`` (resp.py). Empty it as they are fixed: the test fails on an
-#: entry that no longer occurs as well as on a new read.
-ALLOWED_PRIVATE_READS = frozenset(
-    {
-        ("celery_redlock.admin", "dlm._driver"),
-        ("celery_redlock._core.sync", "self.conn._sock"),
-        ("celery_redlock._core.sync", "conn._sock"),
-        ("celery_redlock._core.resp", "from redis._parsers.base import BaseParser"),
-    }
-)
-
 #: What the core may import of this package: itself, and the error tree it raises.
 CORE_MAY_IMPORT = ("celery_redlock._core", "celery_redlock.exceptions")
 
@@ -187,7 +172,15 @@ def _named_by_strings(node: ast.AST) -> list[str]:
 
 
 def _private(name: str) -> bool:
-    return name.startswith("_") and not name.startswith("__") and name not in PUBLIC_UNDERSCORE
+    """An underscore name that is not a dunder, not one of :data:`PUBLIC_UNDERSCORE`, and
+    not a sunder (``_name_``, ``_value_``: Enum's documented attributes)."""
+    sunder = len(name) > 2 and name.endswith("_") and not name.endswith("__")
+    return (
+        name.startswith("_")
+        and not name.startswith("__")
+        and not sunder
+        and (name not in PUBLIC_UNDERSCORE)
+    )
 
 
 def private_reads() -> set[tuple[str, str]]:
@@ -238,7 +231,7 @@ def _read_attribute(node: ast.AST) -> str | None:
 
 
 def test_no_module_reads_another_packages_private_attributes() -> None:
-    assert private_reads() == ALLOWED_PRIVATE_READS
+    assert private_reads() == set()
 
 
 @pytest.mark.parametrize("module", sorted(modules()))

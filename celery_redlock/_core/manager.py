@@ -20,7 +20,7 @@ from celery_redlock._core.masters import parse_masters
 from celery_redlock._core.protocol import Outcome
 from celery_redlock._core.quorum import AcquireRequest, Vote
 from celery_redlock._core.roster import Roster
-from celery_redlock._core.settings import LockSettings, check_utf8
+from celery_redlock._core.settings import MAX_OWNER_LENGTH, LockSettings, check_utf8
 from celery_redlock.exceptions import ConfigurationError, LockLost
 
 logger = logging.getLogger("celery_redlock")
@@ -128,10 +128,11 @@ class ManagerBase:
     ) -> AcquireRequest:
         key = self.settings.key(resource)
         if owner is not None and (
-            not isinstance(owner, str) or len(owner) > 200 or not owner.isprintable()
+            not isinstance(owner, str) or len(owner) > MAX_OWNER_LENGTH or not owner.isprintable()
         ):
             raise ConfigurationError(
-                f"owner must be printable text of at most 200 characters, not {owner!r}"
+                f"owner must be printable text of at most {MAX_OWNER_LENGTH} characters,"
+                f" not {owner!r}"
             )
         return quorum.AcquireRequest(
             resource,

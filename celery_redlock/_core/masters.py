@@ -18,7 +18,7 @@ import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -28,8 +28,6 @@ from celery_redlock._core.connect import OPTIONS, Endpoint, endpoint_of, init_pa
 from celery_redlock.exceptions import ConfigurationError
 
 logger = logging.getLogger("celery_redlock")
-
-MasterLike: TypeAlias = "str | Mapping[str, Any] | redis.Redis"
 
 
 @dataclass(frozen=True, slots=True)

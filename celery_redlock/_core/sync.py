@@ -747,8 +747,8 @@ class _Watchdog:
     A released lock stays in the heap until it reaches the top, so ``add`` pops finished
     locks off the top, and sweeps the whole heap whenever it has doubled since the last
     sweep (amortised O(1) per lock). Otherwise every lock of the last renewal interval
-    would stay (a third of a lease: 10 s, so 15,000 locks at 1,500 tasks/s), each with its
-    lease and votes, for the garbage collector to walk (5,000 tasks in a row kept 4,999).
+    would stay (all of a renewal interval's worth at a high task rate), each with its
+    lease and votes, for the garbage collector to walk.
     """
 
     IDLE_EXIT = 5.0
@@ -914,6 +914,11 @@ class Redlock(ManagerBase):
         outage). The token's secret part never leaves this call."""
         owner: str | None = self._driver.run(quorum.holder(self.settings.key(resource)))
         return owner
+
+    def run(self, algorithm: quorum.Algorithm) -> Any:
+        """Drive one of :mod:`quorum`'s operations to its end and return its result: for
+        celery_redlock's own tools (``admin``), which need a round's votes."""
+        return self._driver.run(algorithm)
 
     def close(self) -> None:
         """Close every connection this manager opened (in any thread)."""
