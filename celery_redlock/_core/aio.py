@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
-from types import TracebackType
 from typing import Any, cast
 
 import redis
@@ -530,12 +529,7 @@ class AsyncLock(HandleBase["AsyncRedlock"]):
     async def __aenter__(self) -> AsyncLock:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.release()
 
 

@@ -34,7 +34,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from types import TracebackType
 from typing import Any
 
 import redis
@@ -709,12 +708,7 @@ class Lock(HandleBase["Redlock"]):
     def __enter__(self) -> Lock:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
 
