@@ -332,7 +332,7 @@ _SCRIPTS = {
 class Call(NamedTuple):
     """One command for every master in a round; immutable so one object serves all masters.
 
-    The per-round values (Call, Reply, Vote, and _quorum's Tally, Round) are named tuples,
+    The per-round values (Call, Reply, Vote, and quorum's Round) are named tuples,
     not frozen dataclasses: a frozen dataclass sets each field through
     ``object.__setattr__``, a cost on every round that callgrind showed (bench_instructions)."""
 

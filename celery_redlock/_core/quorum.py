@@ -76,25 +76,6 @@ class Verdict(Enum):
     OUTAGE = "outage"  # too few masters answered to decide either way
 
 
-class Tally(NamedTuple):
-    """Counts of one round's votes against the quorum of all masters (made by
-    :meth:`Count.tally`); ``error`` counts every master that gave neither yes nor no."""
-
-    yes: int
-    no: int
-    error: int
-    quorum: int
-
-    def verdict(self, in_time: bool = True) -> Verdict:
-        if self.yes >= self.quorum and in_time:
-            return Verdict.WON
-        if self.no >= self.quorum:
-            return Verdict.HELD
-        if self.yes + self.no < self.quorum:
-            return Verdict.OUTAGE
-        return Verdict.SPLIT
-
-
 # --- effects -----------------------------------------------------------------------------
 
 
@@ -113,7 +94,7 @@ class Round(NamedTuple):
 class Count:
     """The one vote counter: a round's votes against the quorum of ``masters``, counted as
     they arrive (the drivers :meth:`add` each reply and ask :meth:`decided`) or all at once
-    (the algorithm's :meth:`tally` of a finished round).
+    (the algorithm reads a finished round's counts and :meth:`verdict`).
 
     A round in which a master abstains is read to its end (every reply, or the deadline):
     it fails anyway, and the masters that did not restart report the longest restart
@@ -170,9 +151,17 @@ class Count:
             not pending or self.yes >= need or self.no >= need or self.errors > self.masters - need
         )
 
-    def tally(self) -> Tally:
-        """The counts of a finished round: masters that did not answer count as errors."""
-        return Tally(self.yes, self.no, self.masters - self.yes - self.no, self.need)
+    def verdict(self, in_time: bool = True) -> Verdict:
+        """What a finished round decided (masters that did not answer count as neither
+        yes nor no); ``in_time``: the lease is still valid, which a win needs."""
+        need = self.need
+        if self.yes >= need and in_time:
+            return Verdict.WON
+        if self.no >= need:
+            return Verdict.HELD
+        if self.yes + self.no < need:
+            return Verdict.OUTAGE
+        return Verdict.SPLIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,8 +376,8 @@ def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
         sent = yield Round(_acquire_call(req.key, token, wire_ttl, guard, seen.waiter))
         votes = _within_longest_guard(sent, guard, ctx.guards) if guard else sent
         until = valid_until(start, req.ttl, policy.drift_factor)
-        tally = Count(votes, policy.masters).tally()
-        verdict = tally.verdict(in_time=ctx.clock() < until)
+        count = Count(votes, policy.masters)
+        verdict = count.verdict(in_time=ctx.clock() < until)
         if verdict is Verdict.WON:
             return Lease(req.resource, req.key, token, req.ttl, until, tuple(votes))
         yield from _undo(req.key, token, sent)
@@ -398,7 +387,7 @@ def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
             policy,
             seen,
             verdict=verdict,
-            won_some=tally.yes > 0,
+            won_some=count.yes > 0,
             votes=votes,
             left=left,
             rng=ctx.rng,
@@ -406,7 +395,7 @@ def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
         if isinstance(step, GiveUp):
             if step.outage or verdict is Verdict.OUTAGE:
                 raise QuorumUnavailable(
-                    f"too few masters answered to lock {req.resource!r}: {tally.yes + tally.no}"
+                    f"too few masters answered to lock {req.resource!r}: {count.yes + count.no}"
                     f" of {policy.masters} in time, {policy.quorum} needed",
                     resource=req.resource,
                     votes=votes,
@@ -527,14 +516,14 @@ def extend(lease: Lease, ttl: float, policy: Policy, ctx: Context) -> Algorithm:
             ),
         )
     votes = yield Round(Call(Verb.EXTEND, lease.key, lease.token, ttl_ms(ttl)))
-    tally = Count(votes, policy.masters).tally()
+    count = Count(votes, policy.masters)
     until = valid_until(start, ttl, policy.drift_factor)
     now = ctx.clock()
-    if tally.yes >= policy.quorum and now < until:
+    if count.yes >= policy.quorum and now < until:
         return Extension(lease._replace(ttl=ttl, valid_until=until, votes=tuple(votes)))
-    if tally.no > policy.masters - policy.quorum or now >= lease.valid_until:
+    if count.no > policy.masters - policy.quorum or now >= lease.valid_until:
         lost = LockLost(
-            f"lock on {lease.resource!r} is lost: {tally.no} of {policy.masters} masters"
+            f"lock on {lease.resource!r} is lost: {count.no} of {policy.masters} masters"
             " no longer hold it",
             resource=lease.resource,
             votes=votes,
@@ -542,7 +531,7 @@ def extend(lease: Lease, ttl: float, policy: Policy, ctx: Context) -> Algorithm:
         return Extension(lease._replace(valid_until=min(lease.valid_until, start)), lost)
     unknown = QuorumUnavailable(
         f"too few masters answered to extend {lease.resource!r}"
-        f" ({tally.yes} yes of {policy.quorum} needed)",
+        f" ({count.yes} yes of {policy.quorum} needed)",
         resource=lease.resource,
         votes=votes,
     )
@@ -556,20 +545,20 @@ def release(key: str, token: str, policy: Policy) -> Algorithm:
     lock that is not ours.
     """
     votes = yield Round(Call(Verb.RELEASE, key, token))
-    return Count(votes, policy.masters).tally().yes >= policy.quorum, tuple(votes)
+    return Count(votes, policy.masters).yes >= policy.quorum, tuple(votes)
 
 
 def inspect(resource: str, key: str, policy: Policy) -> Algorithm:
     """Whether a quorum of masters holds ``key`` now; returns (locked?, votes)."""
     votes = yield Round(Call(Verb.INSPECT, key))
-    tally = Count(votes, policy.masters).tally()
-    if tally.yes + tally.no < policy.quorum:
+    count = Count(votes, policy.masters)
+    if count.yes + count.no < policy.quorum:
         raise QuorumUnavailable(
             f"too few masters answered to tell whether {resource!r} is locked",
             resource=resource,
             votes=votes,
         )
-    return tally.yes >= policy.quorum, tuple(votes)
+    return count.yes >= policy.quorum, tuple(votes)
 
 
 def holder(key: str) -> Algorithm:
