@@ -31,10 +31,12 @@ from celery_redlock.exceptions import ConfigurationError
 __all__ = [
     "OPTIONS",
     "Endpoint",
+    "command_name",
     "endpoint_of",
     "init_parameters",
     "open_socket",
     "open_stream",
+    "refused",
     "unreachable",
 ]
 
@@ -136,8 +138,7 @@ def endpoint_of(connection_class: type[Any], kwargs: Mapping[str, Any]) -> Endpo
     what is missing (a URL's arguments omit them; a client's carry them all)."""
     given = {**_defaults(connection_class), **kwargs}
     for name in sorted(_UNSUPPORTED):
-        value = given.get(name)
-        if value not in (None, False, [], ()) and name in kwargs:
+        if kwargs.get(name) not in (None, False, [], ()):
             raise ConfigurationError(
                 f"master option {name} is not supported: celery_redlock opens its own"
                 " connections to the masters (leave it unset)"

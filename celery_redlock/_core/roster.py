@@ -93,7 +93,3 @@ class Roster:
     def subscription_refused(self, i: int, error: Exception) -> None:
         """Master ``i`` refused a waiter's SUBSCRIBE with an error reply (an ACL)."""
         self._cannot_wake(self.names[i], f"subscribe refused: {describe(error)}")
-
-    def cannot_wake(self, master: str, cause: str) -> None:
-        """A release's vote said master ``master`` could not wake waiters (``cause``)."""
-        self._cannot_wake(master, cause)
