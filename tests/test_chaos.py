@@ -8,8 +8,13 @@ and on the clients never hitting an unexpected error.
 
 from __future__ import annotations
 
+import random
+import time
+
 import pytest
 
+from celery_redlock.testing import RedisGroup
+from tests.chaos.faults import FaultPlan, Injector
 from tests.chaos.phases import standard
 from tests.chaos.report import render
 from tests.chaos.runner import PhaseResult, run_phase
@@ -47,3 +52,18 @@ def test_empty_restarts_without_the_guard_let_two_holders_in() -> None:
             break
     assert results[-1].overlaps, f"no overlap in {len(results)} runs:\n" + render(results)
     assert not any(r.errors for r in results), render(results)
+
+
+def test_a_delayed_restart_stays_down_its_whole_delay_when_the_phase_ends(
+    fresh3: RedisGroup,
+) -> None:
+    """Clients may still win a lease after the stop time (a blocking attempt begun just
+    before it): healing must not bring a master back empty before its delay is up, or
+    the ``restart-delayed`` phase breaks its own assumption (a CI run saw the overlap)."""
+    plan = FaultPlan(restart_every=0.01, restart_delay=0.5, max_out=1)
+    injector = Injector(plan, list(fresh3), [], [], random.Random(0))
+    injector.run(until=time.monotonic() + 0.2)  # ends healed
+    [killed] = injector.events  # max_out: the first kill is the only one
+    assert killed.end - killed.start >= 0.5
+    assert time.monotonic() >= killed.end
+    assert all(server.running for server in fresh3)
