@@ -187,3 +187,35 @@ def test_a_lease_beyond_the_longest_ttl_is_refused_by_the_celery_settings() -> N
     app.conf.update(redlock_masters=M3, redlock_restart_guard=0, redlock_lease=1e16)
     with pytest.raises(ConfigurationError, match=r"redlock_lease: ttl 1e\+16 s is beyond"):
         RedlockConfig.from_conf(app.conf)
+
+
+#: Checked at run time, as a misspelt keyword is (a type checker sees it too).
+MISSPELT_OPTION: dict[str, Any] = {"auto_renw": True}
+
+
+def entered_with(dlm: Redlock, options: dict[str, Any]) -> None:
+    with dlm.lock("r", 10, **options):
+        pass  # pragma: no cover - never entered
+
+
+async def entered_async_with(dlm: AsyncRedlock, options: dict[str, Any]) -> None:
+    async with dlm.lock("r", 10, **options):
+        pass  # pragma: no cover - never entered
+
+
+MISSPELT: list[tuple[str, Callable[[], object]]] = [
+    ("acquire", lambda: sync().acquire("r", 10, **MISSPELT_OPTION)),
+    ("lock", lambda: entered_with(sync(), MISSPELT_OPTION)),
+    ("AsyncRedlock.acquire", aio(lambda d: d.acquire("r", 10, **MISSPELT_OPTION))),
+    ("AsyncRedlock.lock", aio(lambda d: entered_async_with(d, MISSPELT_OPTION))),
+]
+
+
+@pytest.mark.parametrize(("given", "call"), MISSPELT, ids=[c[0] for c in MISSPELT])
+def test_a_misspelt_option_is_refused_by_name_as_python_would(
+    given: str, call: Callable[[], object]
+) -> None:
+    """The options are one typed list (``AcquireOptions``) for both managers' verbs; a
+    name outside it fails the call before any round, as an unknown keyword does."""
+    with pytest.raises(TypeError, match="unexpected keyword argument 'auto_renw'"):
+        call()

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -60,7 +60,7 @@ class PreforkWorker:
         for url in self.masters.urls:
             client = redis.Redis.from_url(url)
             client.config_set("notify-keyspace-events", "Egx")
-            pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+            pubsub = cast(Any, client).pubsub()  # typed from redis-py 8.2 on, untyped before
             pubsub.psubscribe("__keyevent@*__:del", "__keyevent@*__:expired")
             subscribers.append((client, pubsub))
         try:

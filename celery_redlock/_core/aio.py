@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, cast
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from redis.exceptions import AuthenticationError, InvalidResponse, RedisError
@@ -26,15 +26,15 @@ from celery_redlock._core import connect, quorum, replies, resp, rounds
 from celery_redlock._core.connect import Endpoint
 from celery_redlock._core.durations import Seconds
 from celery_redlock._core.handle import HandleBase, Renewal
-from celery_redlock._core.manager import ManagerBase
+from celery_redlock._core.manager import AcquireOptions, ManagerBase
 from celery_redlock._core.protocol import Call, identify, loads, server_facts
 from celery_redlock._core.quorum import Listen, Round, Vote
 from celery_redlock._core.resp import INCOMPLETE
 from celery_redlock._core.roster import Roster
-from celery_redlock.exceptions import (
-    LockLost,
-    LockNotAcquired,
-)
+from celery_redlock.exceptions import LockLost
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["AsyncLock", "AsyncRedlock"]
 
@@ -544,21 +544,10 @@ class AsyncRedlock(ManagerBase):
         self._driver = _Driver(self.roster)
 
     async def acquire(
-        self,
-        resource: str,
-        ttl: Seconds,
-        *,
-        blocking: bool = False,
-        timeout: Seconds | None = None,
-        auto_renew: bool = False,
-        renew_every: Seconds | None = None,
-        max_hold: Seconds | None = None,
-        owner: str | None = None,
-        on_lost: Callable[[AsyncLock, LockLost], None] | None = None,
+        self, resource: str, ttl: Seconds, **options: Unpack[AcquireOptions]
     ) -> AsyncLock | None:
         """Lock ``resource`` for ``ttl`` seconds; see :meth:`Redlock.acquire`."""
-        req = self._request(resource, ttl, blocking, timeout, owner)
-        renewal = self._renewal(req.ttl, auto_renew, renew_every, max_hold, on_lost)
+        req, renewal = self._acquisition(resource, ttl, options)
         lease = await self._driver.run(quorum.acquire(req, self.policy, self._ctx))
         if lease is None:
             return None
@@ -569,18 +558,12 @@ class AsyncRedlock(ManagerBase):
 
     @contextlib.asynccontextmanager
     async def lock(
-        self,
-        resource: str,
-        ttl: Seconds,
-        *,
-        blocking: bool = False,
-        timeout: Seconds | None = None,
-        **renewal: Any,
+        self, resource: str, ttl: Seconds, **options: Unpack[AcquireOptions]
     ) -> AsyncIterator[AsyncLock]:
         """``async with dlm.lock(...) as lock:``; raises :class:`LockNotAcquired` if held."""
-        lock = await self.acquire(resource, ttl, blocking=blocking, timeout=timeout, **renewal)
+        lock = await self.acquire(resource, ttl, **options)
         if lock is None:
-            raise LockNotAcquired(f"{resource!r} is locked by another holder", resource=resource)
+            raise self._not_acquired(resource)
         async with lock:
             yield lock
 

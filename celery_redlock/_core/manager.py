@@ -11,7 +11,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from celery_redlock._core import quorum
 from celery_redlock._core.durations import Seconds, seconds, timeout_seconds
@@ -21,7 +21,7 @@ from celery_redlock._core.protocol import Outcome
 from celery_redlock._core.quorum import AcquireRequest, Vote
 from celery_redlock._core.roster import Roster
 from celery_redlock._core.settings import MAX_OWNER_LENGTH, LockSettings, check_utf8
-from celery_redlock.exceptions import ConfigurationError, LockLost
+from celery_redlock.exceptions import ConfigurationError, LockLost, LockNotAcquired
 
 logger = logging.getLogger("celery_redlock")
 
@@ -34,6 +34,24 @@ os.register_at_fork(after_in_child=_rng.seed)
 def new_token() -> str:
     """128 bits from the OS's CSPRNG: unguessable, so nobody can forge a release."""
     return secrets.token_hex(16)
+
+
+class AcquireOptions(TypedDict, total=False):
+    """The keyword options of ``acquire`` and ``lock``, in both lock managers (documented
+    at :meth:`celery_redlock.Redlock.acquire`): one list, so that the two drivers' verbs
+    cannot drift apart."""
+
+    blocking: bool
+    timeout: Seconds | None
+    auto_renew: bool
+    renew_every: Seconds | None
+    max_hold: Seconds | None
+    owner: str | None
+    on_lost: Callable[[Any, LockLost], None] | None
+
+
+#: What ``acquire`` accepts, checked at each call as Python checks a signature.
+_OPTION_NAMES = frozenset(AcquireOptions.__annotations__)
 
 
 class ManagerBase:
@@ -118,15 +136,16 @@ class ManagerBase:
             check_utf8(token, "token")
         return token
 
-    def _request(
-        self,
-        resource: str,
-        ttl: Seconds,
-        blocking: bool,
-        timeout: Seconds | None,
-        owner: str | None = None,
-    ) -> AcquireRequest:
+    def _acquisition(
+        self, resource: str, ttl: Seconds, options: AcquireOptions
+    ) -> tuple[AcquireRequest, Renewal | None]:
+        """An ``acquire`` call's arguments, checked before any round: the request for
+        :func:`quorum.acquire` and the renewal its lock gets (None: not renewed)."""
+        if not _OPTION_NAMES.issuperset(options):
+            name = min(set(options) - _OPTION_NAMES)
+            raise TypeError(f"acquire() got an unexpected keyword argument {name!r}")
         key = self.settings.key(resource)
+        owner = options.get("owner")
         if owner is not None and (
             not isinstance(owner, str) or len(owner) > MAX_OWNER_LENGTH or not owner.isprintable()
         ):
@@ -134,25 +153,22 @@ class ManagerBase:
                 f"owner must be printable text of at most {MAX_OWNER_LENGTH} characters,"
                 f" not {owner!r}"
             )
-        return quorum.AcquireRequest(
+        req = quorum.AcquireRequest(
             resource,
             key,
             self.settings.ttl(ttl),
-            bool(blocking),
-            timeout_seconds(timeout),
+            bool(options.get("blocking", False)),
+            timeout_seconds(options.get("timeout")),
             self.settings.restart_guard,
             owner or "",
         )
+        return req, self._renewal(req.ttl, options)
 
-    def _renewal(
-        self,
-        ttl: float,
-        auto_renew: bool,
-        renew_every: Seconds | None,
-        max_hold: Seconds | None,
-        on_lost: Callable[[Any, LockLost], None] | None,
-    ) -> Renewal | None:
-        if not auto_renew:
+    @staticmethod
+    def _renewal(ttl: float, options: AcquireOptions) -> Renewal | None:
+        renew_every = options.get("renew_every")
+        max_hold = options.get("max_hold")
+        if not options.get("auto_renew", False):
             if renew_every is not None or max_hold is not None:
                 raise ConfigurationError("renew_every and max_hold need auto_renew=True")
             return None
@@ -162,4 +178,8 @@ class ManagerBase:
                 f"renew_every ({every} s) must be shorter than the ttl ({ttl} s)"
             )
         hold = None if max_hold is None else seconds(max_hold, "max_hold")
-        return Renewal(every, hold, on_lost)
+        return Renewal(every, hold, options.get("on_lost"))
+
+    def _not_acquired(self, resource: str) -> LockNotAcquired:
+        """What ``lock()`` raises instead of entering its block when others hold it."""
+        return LockNotAcquired(f"{resource!r} is locked by another holder", resource=resource)

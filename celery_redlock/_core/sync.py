@@ -34,7 +34,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.exceptions import AuthenticationError, InvalidResponse, RedisError
@@ -43,12 +43,15 @@ from celery_redlock._core import connect, quorum, resp, rounds
 from celery_redlock._core.connect import Endpoint
 from celery_redlock._core.durations import Seconds
 from celery_redlock._core.handle import HandleBase
-from celery_redlock._core.manager import ManagerBase
+from celery_redlock._core.manager import AcquireOptions, ManagerBase
 from celery_redlock._core.protocol import Call, identify, is_noscript, loads, server_facts
 from celery_redlock._core.quorum import Listen, Round, Vote
 from celery_redlock._core.resp import INCOMPLETE
 from celery_redlock._core.roster import Roster
-from celery_redlock.exceptions import LockLost, LockNotAcquired
+from celery_redlock.exceptions import LockLost
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Lock", "Redlock"]
 
@@ -829,17 +832,7 @@ class Redlock(ManagerBase):
         self._watchdog = _Watchdog(self.clock)
 
     def acquire(
-        self,
-        resource: str,
-        ttl: Seconds,
-        *,
-        blocking: bool = False,
-        timeout: Seconds | None = None,
-        auto_renew: bool = False,
-        renew_every: Seconds | None = None,
-        max_hold: Seconds | None = None,
-        owner: str | None = None,
-        on_lost: Callable[[Lock, LockLost], None] | None = None,
+        self, resource: str, ttl: Seconds, **options: Unpack[AcquireOptions]
     ) -> Lock | None:
         """Lock ``resource`` for ``ttl`` seconds; the handle, or None if others hold it.
 
@@ -855,8 +848,7 @@ class Redlock(ManagerBase):
         Raises :class:`QuorumUnavailable` when too few masters answer, and
         :class:`ConfigurationError` for bad arguments.
         """
-        req = self._request(resource, ttl, blocking, timeout, owner)
-        renewal = self._renewal(req.ttl, auto_renew, renew_every, max_hold, on_lost)
+        req, renewal = self._acquisition(resource, ttl, options)
         lease = self._driver.run(quorum.acquire(req, self.policy, self._ctx))
         if lease is None:
             return None
@@ -867,22 +859,16 @@ class Redlock(ManagerBase):
 
     @contextlib.contextmanager
     def lock(
-        self,
-        resource: str,
-        ttl: Seconds,
-        *,
-        blocking: bool = False,
-        timeout: Seconds | None = None,
-        **renewal: Any,
+        self, resource: str, ttl: Seconds, **options: Unpack[AcquireOptions]
     ) -> Iterator[Lock]:
         """``with dlm.lock(...) as lock:`` runs the block only while holding the lock.
 
         Raises :class:`LockNotAcquired` instead of entering when others hold it, and
         releases on the way out however the block ends.
         """
-        lock = self.acquire(resource, ttl, blocking=blocking, timeout=timeout, **renewal)
+        lock = self.acquire(resource, ttl, **options)
         if lock is None:
-            raise LockNotAcquired(f"{resource!r} is locked by another holder", resource=resource)
+            raise self._not_acquired(resource)
         with lock:
             yield lock
 
