@@ -342,3 +342,41 @@ def test_an_operation_cancelled_mid_round_closes_its_connections(fresh3: RedisGr
             assert all(v.outcome is Outcome.NO for v in heard), [v.error for v in votes]
 
     run(main)
+
+
+def test_a_noscript_answered_to_a_release_after_its_round_sends_it_again(
+    fresh3: RedisGroup,
+) -> None:
+    """Scripts flushed behind our back, and the master slower than the round's deadline:
+    its NOSCRIPT to the release still arrives within one more timeout, and the release is
+    sent again with the script's source, as the sync driver does (it used to be dropped
+    with the connection at the deadline, leaving our key there until it expired)."""
+    timeout = 2.0
+
+    def keys(key: str) -> list[bytes | None]:
+        values = []
+        for server in fresh3:
+            with server.client() as client:
+                values.append(client.get(key))
+        return values
+
+    async def main() -> None:
+        async with AsyncRedlock(fresh3.urls, master_timeout=timeout) as dlm:
+            lock = await dlm.acquire("r", 30)
+            assert lock is not None
+            key = dlm.settings.key("r")
+            assert await until(lambda: None not in keys(key))
+            with fresh3[2].client() as client:
+                client.script_flush()
+            fresh3[2].pause()
+            sent = time.monotonic()
+            assert await lock.release()  # settled by masters 0 and 1
+            await asyncio.sleep(timeout + 0.5 - (time.monotonic() - sent))  # past its deadline
+            fresh3[2].resume()
+            resumed = time.monotonic() - sent
+            if not await until(lambda: keys(key) == [None] * 3, timeout=5):
+                if resumed > 2 * timeout - 0.5:  # a stall: resumed past the grace itself
+                    pytest.skip(f"the machine stalled: master resumed {resumed:.2f} s late")
+                pytest.fail(f"the release never reached master 2: {keys(key)}")
+
+    run(main)

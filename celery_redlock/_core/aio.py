@@ -289,11 +289,19 @@ class _Driver:
         votes: list[Vote | None],
         deadline: float,
     ) -> None:
-        """The votes of the masters not heard (``rounds.unanswered``); past the deadline
-        their exchanges are cancelled (closing their connections), else they go on in the
-        background until it."""
+        """The votes of the masters not heard (``rounds.unanswered``); their exchanges go
+        on in the background until the deadline, and are then cancelled (closing their
+        connections).
+
+        A release (or undo) gets one more timeout, the sync driver's bound: it keeps such
+        a call's connection until the reply is owed for longer than the timeout, so that a
+        late NOSCRIPT still sends the call again with its script's source (our key would
+        otherwise stay on that master until it expires).
+        """
         m = self._m
         now = m.clock()
+        if rnd.call.safe_anytime:
+            deadline += m.timeout
         expired = now >= deadline
         loop = asyncio.get_running_loop()
         for task, (pos, conn) in tasks.items():
