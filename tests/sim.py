@@ -15,6 +15,7 @@ from typing import Any
 from celery_redlock._core import quorum
 from celery_redlock._core.protocol import Call, Outcome, Verb
 from celery_redlock._core.quorum import Listen, Round, Vote, Wait
+from celery_redlock._core.settings import LockSettings
 
 
 @dataclass
@@ -86,7 +87,7 @@ class SimCluster:
         return quorum.Context(self.clock, self.rng, self.token)
 
     def policy(self, **kwargs: Any) -> quorum.Policy:
-        return quorum.Policy(len(self.masters), **kwargs)
+        return LockSettings(**kwargs).policy(len(self.masters))
 
     def run(self, algorithm: quorum.Algorithm) -> Any:
         """The same loop as the real drivers, with simulated effects."""

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from celery_redlock._core import quorum
 from celery_redlock._core.protocol import Outcome, Verb
 from celery_redlock._core.quorum import AcquireRequest, Count, Verdict, Vote
+from celery_redlock._core.settings import LockSettings
 from celery_redlock.exceptions import LockLost, QuorumUnavailable
 from tests.sim import SimCluster
 
@@ -296,7 +297,7 @@ def test_a_grant_from_a_master_with_a_shorter_guard_than_another_reported_is_not
     """Two grants from masters that know a 2 s guard and a refusal from one that knows
     60 s: the grants may come from masters that restarted empty and forgot the 60 s, so
     they count as abstentions (their keys are undone), and 60 s is declared from then on."""
-    policy = quorum.Policy(3, retry_count=1, retry_delay=0.0)
+    policy = LockSettings(retry_count=1, retry_delay=0.0).policy(3)
     ctx = quorum.Context(lambda: 0.0, random.Random(0), lambda: "t")
     req = AcquireRequest("res", "k:res", 2.0, restart_guard=2.0)
     algorithm = quorum.acquire(req, policy, ctx)
@@ -324,7 +325,7 @@ def test_a_grant_from_a_master_with_a_shorter_guard_than_another_reported_is_not
 
 
 def test_grants_from_masters_that_all_know_the_longest_guard_count() -> None:
-    policy = quorum.Policy(3)
+    policy = LockSettings().policy(3)
     ctx = quorum.Context(lambda: 0.0, random.Random(0), lambda: "t")
     algorithm = quorum.acquire(AcquireRequest("res", "k:res", 2.0, restart_guard=2.0), policy, ctx)
     next(algorithm)

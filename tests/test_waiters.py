@@ -26,6 +26,7 @@ from celery_redlock import AsyncRedlock, Redlock
 from celery_redlock._core import quorum
 from celery_redlock._core.protocol import RELEASE, Outcome, Verb, queue_key
 from celery_redlock._core.quorum import Listen, Round, Vote, Wait
+from celery_redlock._core.settings import LockSettings
 from celery_redlock.testing import FaultProxy, RedisGroup, RedisServer
 
 REDIS_7 = "/usr/bin/redis-server"
@@ -421,7 +422,7 @@ def test_a_woken_waiter_asks_once_a_quorum_of_masters_woke_it() -> None:
     tokens = itertools.count()
     ctx = quorum.Context(lambda: 0.0, random.Random(0), lambda: f"t{next(tokens)}")
     req = quorum.AcquireRequest("r", "redlock:r", 10.0, blocking=True)
-    algorithm = quorum.acquire(req, quorum.Policy(3), ctx)
+    algorithm = quorum.acquire(req, LockSettings().policy(3), ctx)
     held = [Vote(f"m{i}", Outcome.NO, 5000) for i in range(3)]
     assert algorithm.send(None).call.verb is Verb.ACQUIRE  # type: ignore[union-attr]
     listen = algorithm.send(held)

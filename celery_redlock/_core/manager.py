@@ -74,12 +74,7 @@ class ManagerBase:
         specs = parse_masters(masters)
         #: The masters as the driver is handed them (names, endpoints, health, clock).
         self.roster = Roster(specs, self.settings.master_timeout, clock, self._cannot_wake)
-        self.policy = quorum.Policy(
-            len(specs),
-            self.settings.drift_factor,
-            self.settings.retry_count,
-            self.settings.retry_delay,
-        )
+        self.policy = self.settings.policy(len(specs))
         self._ctx = quorum.Context(clock, _rng, new_token)
         #: Monotonic seconds: the clock the algorithm is given (injected by the simulator).
         self.clock = clock

@@ -194,12 +194,13 @@ Algorithm: TypeAlias = Generator[Effect, Any, Any]
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """The settings the algorithm itself consults (the rest belong to the drivers)."""
+    """The settings the algorithm itself consults (the rest belong to the drivers); made
+    by :meth:`LockSettings.policy`, whose defaults are the only ones."""
 
     masters: int
-    drift_factor: float = 0.01
-    retry_count: int = 3
-    retry_delay: float = 0.2
+    drift_factor: float
+    retry_count: int
+    retry_delay: float
 
     @property
     def quorum(self) -> int:

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery_redlock._core.durations import bounded, seconds
-from celery_redlock._core.quorum import drift
+from celery_redlock._core.quorum import Policy, drift
 from celery_redlock.exceptions import ConfigurationError
 
 __all__ = ["LockSettings"]
@@ -88,6 +88,10 @@ class LockSettings:
                 f"restart_guard {guard} s is beyond the longest TTL ({MAX_TTL:.0f} s)"
             )
         object.__setattr__(self, "restart_guard", guard)
+
+    def policy(self, masters: int) -> Policy:
+        """What the algorithm consults of these settings, for ``masters`` masters."""
+        return Policy(masters, self.drift_factor, self.retry_count, self.retry_delay)
 
     def ttl(self, value: float | timedelta) -> float:
         """A TTL in seconds, checked to leave room for a round and the drift allowance,
