@@ -452,11 +452,8 @@ class _Listener:
                     break
                 if reply and reply[0] == b"subscribe" and not confirmed.done():
                     confirmed.set_result(None)
-                    if self._late:  # may have missed a release sent before it: ask again
-                        self._heard += 1
-                        self._news.set()
-                elif reply and reply[0] == b"message":
-                    self._heard += 1  # every copy counts: see the sync driver's _Listener
+                if rounds.wake_ups(reply, self._late):
+                    self._heard += 1
                     self._news.set()
         except _IO_ERRORS:
             pass

@@ -15,7 +15,7 @@ from celery_redlock._core.protocol import Call, is_noscript
 from celery_redlock._core.quorum import Count, Round, Vote
 from celery_redlock._core.roster import Roster, describe
 
-__all__ = ["excluded", "judge", "packed", "patience", "unanswered"]
+__all__ = ["excluded", "judge", "packed", "patience", "unanswered", "wake_ups"]
 
 
 def excluded(roster: Roster, i: int, now: float, rnd: Round, connected: bool) -> Vote | None:
@@ -64,3 +64,15 @@ def unanswered(roster: Roster, i: int, rnd: Round, expired: bool) -> Vote:
     if expired:
         return roster.failed(i, replies.timed_out(roster.timeout))
     return roster.error(i, replies.SETTLED_WITHOUT)
+
+
+def wake_ups(reply: Any, late: bool) -> int:
+    """What one pub/sub reply on a waiter's channel counts for it, in both drivers.
+
+    Every message is a wake-up: each master sends its own copy of a release, and each says
+    that one more master freed the key for us (``quorum.acquire`` asks again once enough
+    came). A subscription confirmed ``late``, after the listen stopped waiting for it, is
+    one too: a release sent before it went unheard, so the waiter must ask again.
+    """
+    kind = reply[0] if isinstance(reply, list) and reply else None
+    return int(kind == b"message" or (late and kind == b"subscribe"))

@@ -540,6 +540,7 @@ class _Listener:
     def __init__(self, roster: Roster | None) -> None:
         self._m = roster
         self._subs: dict[int, _Subscription] = {}  # by file descriptor
+        self._heard = 0  # wake-ups read while listen() waited for its confirmations
 
     def listen(self, channel: str) -> None:
         m = self._m
@@ -555,20 +556,24 @@ class _Listener:
                 continue  # unreachable: the wait falls back on its timed poll there
             self._subs[sub.sock.fileno()] = sub
         # Subscribed means confirmed: only then can no release slip past unheard.
-        self._poll(deadline, want=b"subscribe")
+        self._heard += self._poll(deadline, confirming=True)
 
     def wait(self, seconds: float) -> int:
         """Sleep up to ``seconds``, or until woken; returns how many wake-ups came (the
         first, and any other master's already here)."""
+        heard, self._heard = self._heard, 0
+        if heard:
+            return heard  # came while listen() waited: no sleep, as in the asyncio driver
         if not self._subs or self._m is None:
             time.sleep(seconds)
             return 0
-        return self._poll(self._m.clock() + seconds, want=b"message")
+        return self._poll(self._m.clock() + seconds, confirming=False)
 
-    def _poll(self, deadline: float, want: bytes) -> int:
-        """Read replies until every connection sent ``want`` (a subscription confirmed),
-        or for messages, until the first came, then those already here; returns how many
-        ``want`` replies were read. Connections that fail or refuse are dropped."""
+    def _poll(self, deadline: float, confirming: bool) -> int:
+        """Read replies until every connection confirmed its subscription (``confirming``),
+        or else until the first wake-up came, then those already here; returns how many
+        wake-ups were read (``rounds.wake_ups``). Connections that fail or refuse are
+        dropped."""
         assert self._m is not None
         poller = select.poll()
         for fd in self._subs:
@@ -577,7 +582,7 @@ class _Listener:
         got = 0
         while outstanding:
             remaining = deadline - self._m.clock()
-            if want == b"message" and got:
+            if got and not confirming:
                 remaining = 0  # woken: only pick up the copies already here
             events = poller.poll(max(0, math.ceil(remaining * 1000)))
             if not events:
@@ -594,15 +599,10 @@ class _Listener:
                     del self._subs[fd]
                     sub.close()
                     continue
-                # A subscription confirmed only after listen() gave up on it may have
-                # missed a release sent before it: that counts as a wake-up (ask again).
                 for reply in replies:
-                    if reply[0] == want:
-                        got += 1
-                        if want == b"subscribe":
-                            outstanding.discard(fd)
-                    elif reply[0] == b"subscribe":
-                        got += 1
+                    if reply[0] == b"subscribe":
+                        outstanding.discard(fd)
+                    got += rounds.wake_ups(reply, late=not confirming)
         return got
 
     def close(self) -> None:
