@@ -67,6 +67,13 @@ class HandleBase(Generic[M]):
         return self._lease.token.partition(":")[2]
 
     @property
+    def fence(self) -> int | None:
+        """This lock's fence: higher than that of every earlier lock of the resource, for
+        the place a holder writes to to refuse a holder whose lock ended unawares (a
+        pause past its validity). None when acquired with fencing off."""
+        return self._lease.fence
+
+    @property
     def validity(self) -> float:
         """Seconds the lock is still safely ours (0 once released, lost or expired)."""
         if self._released or self._lost is not None:

@@ -20,7 +20,7 @@ from celery_redlock._core.masters import parse_masters
 from celery_redlock._core.protocol import Outcome
 from celery_redlock._core.quorum import AcquireRequest, Vote
 from celery_redlock._core.roster import Roster
-from celery_redlock._core.settings import MAX_OWNER_LENGTH, LockSettings, check_utf8
+from celery_redlock._core.settings import MAX_OWNER_LENGTH, LockSettings, check_utf8, flag
 from celery_redlock.exceptions import ConfigurationError, LockLost, LockNotAcquired
 
 logger = logging.getLogger("celery_redlock")
@@ -48,6 +48,7 @@ class AcquireOptions(TypedDict, total=False):
     max_hold: Seconds | None
     owner: str | None
     on_lost: Callable[[Any, LockLost], None] | None
+    fencing: bool | None
 
 
 #: What ``acquire`` accepts, checked at each call as Python checks a signature.
@@ -156,8 +157,13 @@ class ManagerBase:
             timeout_seconds(options.get("timeout")),
             self.settings.restart_guard,
             owner or "",
+            self._fencing(options.get("fencing")),
         )
         return req, self._renewal(req.ttl, options)
+
+    def _fencing(self, given: bool | None) -> bool:
+        """Whether an acquisition mints a fence: as asked, else as the settings say."""
+        return self.settings.fencing if given is None else flag(given, "fencing")
 
     @staticmethod
     def _renewal(ttl: float, options: AcquireOptions) -> Renewal | None:

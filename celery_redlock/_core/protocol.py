@@ -32,14 +32,16 @@ class Outcome(Enum):
 class Reply(NamedTuple):
     """A parsed reply: the outcome, for refusals the holder's remaining time (ms), for a
     peek the holder's owner text (never the token's secret part), for a release that
-    deleted the key but could not wake the next waiter, why (the master's error), and for
-    an acquire the master's restart guard (ms) where it is longer than the one declared."""
+    deleted the key but could not wake the next waiter, why (the master's error), for
+    an acquire the master's restart guard (ms) where it is longer than the one declared,
+    and for a fenced grant (or a fence's write-back) the master's fence counter."""
 
     outcome: Outcome
     pttl_ms: int | None = None
     owner: str | None = None
     note: str | None = None
     guard_ms: int | None = None
+    fence: int | None = None
 
 
 class Vote(NamedTuple):
@@ -51,6 +53,7 @@ class Vote(NamedTuple):
     error: str | None = None
     owner: str | None = None
     guard_ms: int | None = None  # the master's restart guard, where longer than declared
+    fence: int | None = None  # a fenced grant's counter on this master (see protocol.FENCE)
 
     def __str__(self) -> str:
         if self.outcome is Outcome.ERROR:
@@ -108,14 +111,56 @@ def parse_marker(raw: bytes | str | None) -> Marker | None:
         return None
 
 
-# KEYS[1] lock key; KEYS[2] boot marker; ARGV[1] token; ARGV[2] ttl in ms;
-# ARGV[3] restart guard in ms the client declares (0: off, the marker is not consulted).
-# Returns {1, 0} when the key is now ours (newly set, or already ours and re-armed: an
-# earlier attempt with the same token whose reply was lost); {0, pttl} with the current
-# holder's remaining milliseconds, so that waiters can sleep until it expires; or {2, ms}
-# while the master abstains. A third element, when present, is the master's guard where
-# it is longer than the one declared (a Lua nil ends the reply's array, so it is absent
-# otherwise).
+#: Where each master counts a key's grants, for fencing: outside every key prefix, as
+#: BOOT_KEY is, so listing locks never shows a counter (see FENCE_TTL_MS for how long one
+#: lives).
+FENCE_PREFIX = "__celery_redlock_fence__:"
+
+#: How long a key's fence counter outlives the last grant or write-back that touched it
+#: (ms). A counter that is gone (expired, or lost with the master's data) is re-seeded
+#: from the master's clock in whole seconds, times a million (``_FENCE_COUNTER``): larger
+#: than any fence a counter seeded a second or more earlier could have reached at fewer
+#: than a million grants a second (no Redis runs scripts that fast), so a fence never
+#: goes backwards while the masters' clocks agree to within this much, less a second (and,
+#: for a master that restarted empty, within its restart guard). Short, because
+#: per-argument locks make keys without bound: the counters kept are those of the keys
+#: granted in the last ten minutes.
+FENCE_TTL_MS = 600_000
+
+
+def fence_key(key: str) -> str:
+    """The counter from which ``key``'s fences are minted on each master."""
+    return FENCE_PREFIX + key
+
+
+#: Lua shared by the scripts that touch a fence counter: read one (nil when absent), or
+#: return why a value is no count below 2**53 (the largest integer Lua's numbers, which
+#: are doubles, hold exactly), for the script to answer with an error reply naming the
+#: key: overwriting it could mint a fence lower than one already handed out.
+_FENCE_COUNTER = """
+local function fence_counter(key)
+    local stored = redis.call('GET', key)
+    if not stored then
+        return nil, nil
+    end
+    local n = #stored <= 16 and string.match(stored, '^%d+$') and tonumber(stored)
+    if not n or n >= 9007199254740991 then
+        local shown = string.format('%q', string.sub(stored, 1, 40))
+        return nil, 'fence counter ' .. key .. ' holds ' .. shown .. ', not a count below 2^53'
+    end
+    return n, nil
+end
+"""
+
+# KEYS[1] lock key; KEYS[2] boot marker; KEYS[3] the key's fence counter; ARGV[1] token;
+# ARGV[2] ttl in ms; ARGV[3] restart guard in ms the client declares (0: off, the marker
+# is not consulted); ARGV[4] the fence counter's ttl in ms (0: no fencing, the counter is
+# not touched). Returns {1, 0, guard, fence} when the key is now ours (newly set, or
+# already ours and re-armed: an earlier attempt with the same token whose reply was
+# lost); {0, pttl, guard} with the current holder's remaining milliseconds, so that
+# waiters can sleep until it expires; or {2, ms, guard} while the master abstains.
+# ``guard`` is the master's restart guard where it is longer than the one declared, else
+# 0; ``fence`` is the key's counter after this grant (0 without fencing).
 #
 # A master without a boot marker has lost its data (restart without persistence,
 # FLUSHALL, a fresh replacement): it may have held keys that other clients still count
@@ -130,12 +175,28 @@ def parse_marker(raw: bytes | str | None) -> Marker | None:
 # The guard follows a decimal point so that clients of 0.1, which read the marker with
 # ``tonumber``, see a boot time less than a millisecond off instead of a missing marker
 # (which they would reset, making the master abstain again during a rolling upgrade).
+#
+# A fenced grant counts one more on the key's counter (a re-armed grant of our own token
+# counted already), seeding an absent counter from the clock (see FENCE_TTL_MS); the
+# counter is read before anything is written, so a refused one leaves the lock untaken.
 ACQUIRE = Script(
-    """
+    _FENCE_COUNTER
+    + """
 local declared = tonumber(ARGV[3])
-local longer = nil
-if declared > 0 then
+local fencing = tonumber(ARGV[4]) > 0
+local longer = 0
+local counter = nil
+if declared > 0 or fencing then
     if redis.replicate_commands then redis.replicate_commands() end
+end
+if fencing then
+    local bad
+    counter, bad = fence_counter(KEYS[3])
+    if bad then
+        return redis.error_reply(bad)
+    end
+end
+if declared > 0 then
     local t = redis.call('TIME')
     local now = t[1] * 1000 + math.floor(t[2] / 1000)
     local marker = redis.call('GET', KEYS[2])
@@ -158,14 +219,45 @@ if declared > 0 then
         return {2, boot + guard - now, longer}
     end
 end
+local function fenced(step)
+    if not fencing then
+        return 0
+    end
+    local n = counter and counter + step or tonumber(redis.call('TIME')[1]) * 1000000
+    redis.call('SET', KEYS[3], string.format('%.0f', n), 'PX', ARGV[4])
+    return n
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    return {1, 0, longer}
+    return {1, 0, longer, fenced(1)}
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return {1, 0, longer}
+    return {1, 0, longer, fenced(0)}
 end
 return {0, redis.call('PTTL', KEYS[1]), longer}
+""",
+)
+
+# KEYS[1] lock key; KEYS[2] its fence counter; ARGV[1] token; ARGV[2] the fence; ARGV[3]
+# the counter's ttl in ms. A fence's write-back: while the key holds our token, raise the
+# counter to at least the fence. Returns the counter then, or 0 when the key is not ours.
+# Sent only to masters whose grant counted lower than the fence handed out, so that a
+# quorum of the masters that granted the lock knows it before anyone is told it (see
+# ``quorum.acquire``). The owner check keeps it within the lease: once the key is gone
+# here, a later holder may have counted on this master, and is no business of ours.
+FENCE = Script(
+    _FENCE_COUNTER
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+local counter, bad = fence_counter(KEYS[2])
+if bad then
+    return redis.error_reply(bad)
+end
+local n = math.max(counter or 0, tonumber(ARGV[2]))
+redis.call('SET', KEYS[2], string.format('%.0f', n), 'PX', ARGV[3])
+return n
 """,
 )
 
@@ -316,6 +408,7 @@ class Verb(Enum):
     EXTEND = "extend"
     RELEASE = "release"
     UNDO = "undo"
+    FENCE = "fence"  # a fence's write-back (see FENCE)
     INSPECT = "inspect"
     PEEK = "peek"
 
@@ -326,6 +419,7 @@ _SCRIPTS = {
     Verb.EXTEND: EXTEND,
     Verb.RELEASE: RELEASE,
     Verb.UNDO: UNDO,
+    Verb.FENCE: FENCE,
 }
 
 
@@ -342,6 +436,8 @@ class Call(NamedTuple):
     ttl_ms: int = 0
     guard_ms: int = 0
     waiter: str = ""  # QUEUED: the waiter's channel (see waiter_channel)
+    fencing: bool = False  # ACQUIRE, QUEUED: count the grant on the key's fence counter
+    fence: int = 0  # FENCE: the fence to raise the counter to
 
     @property
     def safe_anytime(self) -> bool:
@@ -372,10 +468,12 @@ class Call(NamedTuple):
         head = _HEADS.get(self.verb._name_)  # by name: an Enum's __hash__ is Python code
         if head is None:
             return pack(self.command())
-        parts = [self.key.encode(), self.token.encode()]
+        key = self.key.encode()
+        parts = [key, self.token.encode()]
         if self.verb is Verb.ACQUIRE:
-            parts[1:1] = (_BOOT,)
-            parts += (b"%d" % self.ttl_ms, b"%d" % self.guard_ms)
+            parts[1:1] = (_BOOT, _FENCE_PREFIX + key)
+            fence_ttl = _FENCE_TTL if self.fencing else b"0"
+            parts += (b"%d" % self.ttl_ms, b"%d" % self.guard_ms, fence_ttl)
         elif self.verb is Verb.EXTEND:
             parts.append(b"%d" % self.ttl_ms)
         elif self.verb is Verb.RELEASE:
@@ -388,7 +486,9 @@ class Call(NamedTuple):
 
     def _keys_and_argv(self) -> tuple[Any, ...]:
         if self.verb is Verb.ACQUIRE:
-            return (2, self.key, BOOT_KEY, self.token, self.ttl_ms, self.guard_ms)
+            fence_ttl = FENCE_TTL_MS if self.fencing else 0
+            args = (self.token, self.ttl_ms, self.guard_ms, fence_ttl)
+            return (3, self.key, BOOT_KEY, fence_key(self.key), *args)
         if self.verb is Verb.QUEUED:  # ACQUIRE's, each list with its extra item last
             count, *rest = self._replace(verb=Verb.ACQUIRE)._keys_and_argv()
             keys, argv = rest[:count], rest[count:]
@@ -397,6 +497,8 @@ class Call(NamedTuple):
             return (2, self.key, queue_key(self.key), self.token)
         if self.verb is Verb.UNDO:
             return (1, self.key, self.token)
+        if self.verb is Verb.FENCE:
+            return (2, self.key, fence_key(self.key), self.token, self.fence, FENCE_TTL_MS)
         return (1, self.key, self.token, self.ttl_ms)
 
     def parse(self, reply: Any) -> Reply:
@@ -405,29 +507,54 @@ class Call(NamedTuple):
         if verb is _ACQUIRE or verb is Verb.QUEUED:
             return _acquired(reply)
         if verb is Verb.PEEK:
-            if reply is None:
-                return REFUSED
-            if not isinstance(reply, bytes):  # bytes(n) of an integer reply would allocate n
-                raise TypeError(f"GET answered a {type(reply).__name__}, not a string")
-            return Reply(Outcome.YES, owner=reply.decode(errors="replace").partition(":")[2])
+            return _peeked(reply)
         if verb is Verb.INSPECT:
             # PTTL: -2 no key, -1 key without expiry (not ours, but it does block), else ms.
             held = int(reply) != -2
             return Reply(Outcome.YES, int(reply)) if held else REFUSED
+        if verb is Verb.FENCE:
+            return _fenced(reply, self.fence)
         if isinstance(reply, list):  # RELEASE: {2, error}, released but nobody woken
             return Reply(Outcome.YES, note=f"not announced: {_error_text(reply[1])}")
         return GRANTED if int(reply) == 1 else REFUSED
 
 
+def _peeked(reply: Any) -> Reply:
+    """A peek's reply: the key's value (its owner text after the token), or nil."""
+    if reply is None:
+        return REFUSED
+    if not isinstance(reply, bytes):  # bytes(n) of an integer reply would allocate n
+        raise TypeError(f"GET answered a {type(reply).__name__}, not a string")
+    return Reply(Outcome.YES, owner=reply.decode(errors="replace").partition(":")[2])
+
+
 def _acquired(reply: Any) -> Reply:
-    """An acquire's reply: ``{won, pttl}``, with the master's guard third when it is
-    longer than the one declared."""
-    if len(reply) == 2:
-        won, pttl = reply
-        return GRANTED if won == 1 else Reply(_ACQUIRE_OUTCOMES[won], int(pttl))
-    won, pttl, guard = reply
-    held = None if won == 1 else int(pttl)
-    return Reply(_ACQUIRE_OUTCOMES[won], held, guard_ms=int(guard))
+    """An acquire's reply: ``{won, pttl, guard}``, and a grant's fence fourth (0 when not
+    fenced); a guard of 0 is the one declared."""
+    won, pttl, guard = reply[:3]
+    longer = int(guard) or None
+    if won == 1:
+        fence = (_fence_of(reply[3]) or None) if len(reply) > 3 else None
+        return (
+            GRANTED
+            if longer is None and fence is None
+            else Reply(Outcome.YES, guard_ms=longer, fence=fence)
+        )
+    return Reply(_ACQUIRE_OUTCOMES[won], int(pttl), guard_ms=longer)
+
+
+def _fenced(reply: Any, fence: int) -> Reply:
+    """A fence's write-back: the counter now (at least our fence), or 0 when the key is
+    not ours there."""
+    counter = _fence_of(reply)
+    return Reply(Outcome.YES, fence=counter) if counter >= fence > 0 else REFUSED
+
+
+def _fence_of(value: Any) -> int:
+    """A fence counter as a master sent it: an integer from 0 (none) below 2**53."""
+    if type(value) is not int or not 0 <= value < 2**53:
+        raise TypeError(f"a fence counter must be an integer below 2**53, not {value!r}")
+    return value
 
 
 def _error_text(raw: bytes | str) -> str:
@@ -469,6 +596,8 @@ def server_facts(replies: Sequence[Any]) -> ServerFacts | str:
 _ACQUIRE_OUTCOMES = {1: Outcome.YES, 0: Outcome.NO, 2: Outcome.ABSTAIN}
 
 _BOOT = BOOT_KEY.encode()
+_FENCE_PREFIX = FENCE_PREFIX.encode()
+_FENCE_TTL = b"%d" % FENCE_TTL_MS
 
 
 def _head(verb: Verb) -> bytes:
@@ -477,9 +606,10 @@ def _head(verb: Verb) -> bytes:
     return pack_head(len(example), example[:3])
 
 
-#: Not for QUEUED: only blocked waiters send it, packed generically.
+#: Not for QUEUED and FENCE: only blocked waiters and fences the masters disagreed on
+#: send them, packed generically.
 _HEADS: dict[str, bytes] = {
-    verb._name_: _head(verb) for verb in _SCRIPTS if verb is not Verb.QUEUED
+    verb._name_: _head(verb) for verb in _SCRIPTS if verb not in (Verb.QUEUED, Verb.FENCE)
 }
 
 

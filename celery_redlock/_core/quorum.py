@@ -235,7 +235,8 @@ class Context:
 
 class Lease(NamedTuple):
     """What a won round proves: ``token`` holds ``key`` on a quorum until ``valid_until``
-    (on the context's clock). A named tuple, as the per-round values are (see ``Call``)."""
+    (on the context's clock), and, when fenced, that no earlier lease of ``key`` had a
+    fence as high as ``fence``. A named tuple, as the per-round values are (see ``Call``)."""
 
     resource: str
     key: str
@@ -243,6 +244,7 @@ class Lease(NamedTuple):
     ttl: float
     valid_until: float
     votes: tuple[Vote, ...] = ()
+    fence: int | None = None
 
 
 class AcquireRequest(NamedTuple):
@@ -253,6 +255,7 @@ class AcquireRequest(NamedTuple):
     timeout: float | None = None
     restart_guard: float = 0.0
     owner: str = ""  # appended to the random token, for operators listing who holds what
+    fencing: bool = False  # mint a fence with the lease (see _fence)
 
 
 def ttl_ms(ttl: float) -> int:
@@ -374,12 +377,20 @@ def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
         token = f"{ctx.new_token()}:{req.owner}" if req.owner else ctx.new_token()
         guard = max(own_guard, ctx.guards.ms) if own_guard else 0
         start = ctx.clock()
-        sent = yield Round(_acquire_call(req.key, token, wire_ttl, guard, seen.waiter))
+        call = _acquire_call(req, token, wire_ttl, guard, seen.waiter)
+        sent = yield Round(call)
         votes = _within_longest_guard(sent, guard, ctx.guards) if guard else sent
         until = valid_until(start, req.ttl, policy.drift_factor)
         count = Count(votes, policy.masters)
         verdict = count.verdict(in_time=ctx.clock() < until)
-        if verdict is Verdict.WON:
+        unfenced: Sequence[Vote] = ()
+        if verdict is Verdict.WON and req.fencing:
+            fence, unfenced = yield from _fence(call, votes, policy.quorum)
+            if fence and ctx.clock() < until:
+                return Lease(req.resource, req.key, token, req.ttl, until, tuple(votes), fence)
+            verdict = Verdict.OUTAGE  # too few masters took the fence in time: ask again
+            unfenced = unfenced or votes
+        elif verdict is Verdict.WON:
             return Lease(req.resource, req.key, token, req.ttl, until, tuple(votes))
         yield from _undo(req.key, token, sent)
         left = None if deadline is None else deadline - ctx.clock()
@@ -394,6 +405,13 @@ def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
             rng=ctx.rng,
         )
         if isinstance(step, GiveUp):
+            if unfenced:
+                raise QuorumUnavailable(
+                    f"too few masters took the fence of {req.resource!r} in time:"
+                    f" {policy.quorum} needed",
+                    resource=req.resource,
+                    votes=unfenced,
+                )
             if step.outage or verdict is Verdict.OUTAGE:
                 raise QuorumUnavailable(
                     f"too few masters answered to lock {req.resource!r}: {count.yes + count.no}"
@@ -425,16 +443,52 @@ def _hear_quorum(woken: int, need: int) -> Algorithm:
         woken += more
 
 
-def _acquire_call(key: str, token: str, ttl: int, guard: int, waiter: str) -> Call:
+def _acquire_call(req: AcquireRequest, token: str, ttl: int, guard: int, waiter: str) -> Call:
     """An acquire; a waiter's also stands in line on every master that refuses it, so that
     a release there wakes the oldest waiter alone, and leaves the line when granted.
 
     The line is only a hint: masters may order it differently, a woken waiter may be
     beaten by another client, and one that died is skipped (nobody hears its channel).
     The lock key alone decides who holds the lock; the timed poll bounds every wait."""
-    if waiter:
-        return Call(Verb.QUEUED, key, token, ttl, guard, waiter)
-    return Call(Verb.ACQUIRE, key, token, ttl, guard)
+    verb = Verb.QUEUED if waiter else Verb.ACQUIRE
+    return Call(verb, req.key, token, ttl, guard, waiter, req.fencing)
+
+
+def _fence(call: Call, votes: Sequence[Vote], need: int) -> Algorithm:
+    """The fence of a won round: the highest counter its grants reached, once a quorum
+    of the granting masters holds at least that much.
+
+    Any later lease's quorum shares a master with that quorum, where it is granted only
+    after this lease's key is gone, so its grant counts past this fence there: later
+    fences are higher. The highest grant alone would not do, since counters drift apart
+    (a master misses grants while down; a lost round counts on some masters only): a
+    later quorum could miss the master that counted highest. When a quorum of grants
+    already agrees on the highest, as when every master saw every grant, nothing more is
+    sent; otherwise the fence is written back in one round to the masters that may hold
+    less (those that granted lower, and those whose grant went unheard), each only while
+    our token still holds the key there (``protocol.FENCE``). Returns the fence and no
+    votes, or 0 and the votes of each master that was counted on (its grant, or its
+    write-back's answer) when a quorum did not take it.
+    """
+    fence = max((v.fence or 0 for v in votes if v.outcome is Outcome.YES), default=0)
+    agreed = sum(v.outcome is Outcome.YES and v.fence == fence for v in votes)
+    if agreed >= need and fence:
+        return fence, ()
+    behind = tuple(
+        i
+        for i, v in enumerate(votes)
+        if v.outcome is Outcome.ERROR or (v.outcome is Outcome.YES and v.fence != fence)
+    )
+    if not fence or not behind:
+        return 0, votes
+    told = yield Round(Call(Verb.FENCE, call.key, call.token, fence=fence), targets=behind)
+    agreed += sum(v.outcome is Outcome.YES for v in told)
+    if agreed >= need:
+        return fence, ()
+    answers = list(votes)
+    for i, vote in zip(behind, told, strict=True):
+        answers[i] = vote
+    return 0, answers
 
 
 def _within_longest_guard(votes: list[Vote], declared: int, guards: Guards) -> list[Vote]:

@@ -51,6 +51,9 @@ class LockSettings:
       persistence, FLUSHALL, a fresh replacement) sits out every quorum. It must cover
       the longest TTL any client uses, so TTLs above it are refused; 0 turns it off
       (then operators must delay restarts by the longest TTL themselves).
+    - ``fencing`` (True): every lock carries a fence (``lock.fence``), an integer higher
+      than that of every earlier lock of the same resource, for the resource to refuse
+      writes from a holder that lost its lock unawares (see README, "Fencing").
     """
 
     master_timeout: float
@@ -59,6 +62,7 @@ class LockSettings:
     drift_factor: float
     key_prefix: str
     restart_guard: float
+    fencing: bool
 
     def __init__(
         self,
@@ -69,6 +73,7 @@ class LockSettings:
         drift_factor: float = 0.01,
         key_prefix: str = "redlock:",
         restart_guard: float | timedelta = 60.0,
+        fencing: bool = True,
     ) -> None:
         if isinstance(retry_count, bool) or not isinstance(retry_count, int):
             raise ConfigurationError(f"retry_count must be an int, got {retry_count!r}")
@@ -88,6 +93,7 @@ class LockSettings:
                 f"restart_guard {guard} s is beyond the longest TTL ({MAX_TTL:.0f} s)"
             )
         object.__setattr__(self, "restart_guard", guard)
+        object.__setattr__(self, "fencing", flag(fencing, "fencing"))
 
     def policy(self, masters: int) -> Policy:
         """What the algorithm consults of these settings, for ``masters`` masters."""
@@ -129,6 +135,13 @@ class LockSettings:
         if not resource.isascii():
             check_utf8(resource, "resource")
         return self.key_prefix + resource
+
+
+def flag(value: Any, name: str) -> bool:
+    """A yes/no setting: a bool, not a truthy string (``"false"`` would read as on)."""
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def check_utf8(text: str, name: str) -> None:

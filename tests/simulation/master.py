@@ -1,12 +1,17 @@
 """A simulated Redis master that runs the wire protocol's scripts with their exact semantics.
 
-It answers in the raw reply shapes a real master sends (``[1, 0]``, ``[0, pttl]``,
-``[2, ms]``, ``1``/``0``, a PTTL), so the drivers' own :meth:`Call.parse` reads them. Time
+It answers in the raw reply shapes a real master sends (``[1, 0, guard, fence]``,
+``[0, pttl, guard]``, ``[2, ms, guard]``, ``1``/``0``, a PTTL), so the drivers' own
+:meth:`Call.parse` reads them. Time
 is its own clock in whole milliseconds, as Redis's: a key set at ``T`` with ``PX ttl`` lives
 while ``now <= T + ttl`` (Redis expires when ``now > when``), which is where the 1 ms of
 expiry slack in :data:`~celery_redlock._core.quorum.CLOCK_PRECISION` comes from.
 
-Crashes lose every key and the boot marker unless the master is persistent (AOF with
+Fence counters are kept as ``protocol.ACQUIRE`` and ``protocol.FENCE`` keep them: one per
+key, counted up by each fenced grant, re-armed for ``FENCE_TTL_MS`` by every write, seeded
+when absent from the master's clock in whole seconds times a million.
+
+Crashes lose every key, counter and the boot marker unless the master is persistent (AOF with
 fsync always: nothing acknowledged is lost, expiry times are absolute and keep running
 while it is down). A paused master (SIGSTOP) queues what arrives and answers it on resume.
 
@@ -21,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery_redlock._core.protocol import QUEUE_TTL_MS, Call, Verb
+from celery_redlock._core.protocol import FENCE_TTL_MS, QUEUE_TTL_MS, Call, Verb
 from tests.simulation.engine import Action, Clock
 
 
@@ -35,6 +40,8 @@ class SimMaster:
     name: str = ""
     #: key -> (token, expiry in the master's ms)
     keys: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: key -> (its fence counter, expiry in the master's ms)
+    fences: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: the boot marker: 0 as an operator arms a brand-new master; None once data was lost
     boot: int | None = 0
     #: the longest restart guard (ms) declared to it, kept in the marker with ``boot``
@@ -67,6 +74,7 @@ class SimMaster:
         self.subscribers.clear()
         if not self.persistent:
             self.keys.clear()
+            self.fences.clear()
             self.lines.clear()
             self.boot = None
             self.guard = 0
@@ -95,6 +103,10 @@ class SimMaster:
             return self._queued(call, now), None
         entry = self.keys.get(call.key)
         ours = entry is not None and entry[0] == call.token
+        if call.verb is Verb.FENCE:
+            if not ours:
+                return 0, None
+            return self._count(call.key, now, max(self._counter(call.key) or 0, call.fence)), None
         if call.verb is Verb.EXTEND:
             if ours:
                 self.keys[call.key] = (call.token, now + call.ttl_ms)
@@ -108,20 +120,33 @@ class SimMaster:
 
     def _acquire(self, call: Call, now: int) -> list[int]:
         """ACQUIRE, line by line: the guard (BOOT_KEY, keeping the longest declared), SET NX
-        PX, or re-arm our own key; the master's guard ends the reply where it is longer."""
-        longer: list[int] = []
+        PX, or re-arm our own key; the master's guard third where it is longer (else 0),
+        and a grant's fence counter fourth (counted one up, unless re-armed)."""
+        longer = 0
+        counter = self._counter(call.key) if call.fencing else None
         if call.guard_ms > 0:
             if self.boot is None:
                 self.boot = now
             self.guard = max(self.guard, call.guard_ms)
-            longer = [self.guard] if self.guard > call.guard_ms else []
+            longer = self.guard if self.guard > call.guard_ms else 0
             if now < self.boot + self.guard:
-                return [2, self.boot + self.guard - now, *longer]
+                return [2, self.boot + self.guard - now, longer]
         entry = self.keys.get(call.key)
         if entry is None or entry[0] == call.token:
             self.keys[call.key] = (call.token, now + call.ttl_ms)
-            return [1, 0, *longer]
-        return [0, entry[1] - now, *longer]
+            if not call.fencing:
+                return [1, 0, longer, 0]
+            step = 1 if entry is None else 0
+            fence = now // 1000 * 1_000_000 if counter is None else counter + step
+            return [1, 0, longer, self._count(call.key, now, fence)]
+        return [0, entry[1] - now, longer]
+
+    def _counter(self, key: str) -> int | None:
+        return self.fences[key][0] if key in self.fences else None
+
+    def _count(self, key: str, now: int, fence: int) -> int:
+        self.fences[key] = (fence, now + FENCE_TTL_MS)
+        return fence
 
     def _queued(self, call: Call, now: int) -> list[int]:
         """QUEUED: ACQUIRE, then leave the line if granted, join it (or keep the place in
@@ -155,6 +180,9 @@ class SimMaster:
         entry = self.keys.get(key)
         if entry is not None and now > entry[1]:
             del self.keys[key]
+        counter = self.fences.get(key)
+        if counter is not None and now > counter[1]:
+            del self.fences[key]
         line = self.lines.get(key)
         if line is not None and now > line[1]:
             del self.lines[key]
