@@ -50,6 +50,7 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
     lock_dedup: Any = None
     lock_dedup_ttl: Any = None
     lock_window: Any = None
+    lock_on_lost: Any = None
 
     #: (attribute, setting) pairs: an attribute left None takes the setting's value.
     lock_from_config: ClassVar[tuple[tuple[str, str], ...]] = TASK_OPTIONS
@@ -122,9 +123,28 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
 
     @property
     def lock_lost(self) -> LockLost | None:
-        """Why the running call's lock was lost (renewal failed), or None while it holds."""
+        """Why the running call's lock is lost, or None while it holds (or holds none).
+
+        Renewal's verdict, or expiry as soon as the validity has run out: a renewal
+        thread that is late (starved, the process paused) does not make a lost lock
+        look held. See :meth:`Lock.lost <celery_redlock.Lock.lost>`.
+        """
         hold = run.current_hold(self)
-        return hold.lost if hold is not None else None
+        return hold.current_loss() if hold is not None else None
+
+    def lock_check(self) -> None:
+        """Raise :class:`LockLost` if the running call's lock is lost; else do nothing.
+
+        For bodies that loop: call it between steps, so that a run whose key another
+        run may hold by now stops writing. It reads state kept in this process (no round
+        to the masters). A run that holds no lock (a direct call, or ``run_unlocked``
+        on an outage) has none to lose, and the check does nothing: the fail-open policy
+        chose to run unlocked, and a check that failed it would undo that choice
+        (``self.current_lock is None`` tells such a run).
+        """
+        hold = run.current_hold(self)
+        if hold is not None and hold.lock is not None:
+            hold.lock.check()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the body under the call's lock (a direct call runs it plainly).
@@ -298,10 +318,20 @@ class RedlockStep(bootsteps.Step):  # type: ignore[misc]  # celery is untyped
 
 
 def prepare_worker(worker: Any) -> None:
-    """Refuse a pool we cannot run in, lock the ``redlock_tasks`` (strictly: task modules
-    are imported by now), and ready the manager and the reaper before the pool forks."""
+    """Refuse a pool we cannot run in (or one a task's ``lock_on_lost`` cannot work in),
+    lock the ``redlock_tasks`` (strictly: task modules are imported by now), and ready
+    the manager and the reaper before the pool forks."""
     pool = hooks.check_pool(worker)
     lock_listed_tasks(worker.app, strict=True)
+    app = worker.app
+    defaults = state_of(app).config.defaults
+    hooks.check_on_lost(
+        pool,
+        [
+            ("redlock_on_lost", defaults),
+            *((f"task {t.name}", t.lock_options) for t in app.tasks.values() if _is_locked(t)),
+        ],
+    )
     hooks.ready_worker(worker.app, pool)
 
 

@@ -54,16 +54,16 @@ def nightly_report(self: Any) -> dict[str, Any]:
 def import_catalog(self: Any, source: str, seconds: float = 8.0) -> dict[str, Any]:
     """Import a supplier's catalog in one-second chunks, checking the lock between chunks.
 
-    ``self.lock_lost`` turns non-None the moment renewal fails: from then on another
-    import of the same supplier may start, so this one stops rather than write on.
+    ``self.lock_check()`` raises LockLost the moment renewal fails (or the lock's
+    validity runs out unrenewed): from then on another import of the same supplier may
+    start, so this one stops rather than write on.
     Each chunk notes the lock's validity and how many masters voted for its last
     renewal, which the demo prints.
     """
     with runlog.run("import_catalog", source, self.request.id):
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            if self.lock_lost is not None:
-                raise RuntimeError(f"import of {source} stopped: {self.lock_lost}")
+            self.lock_check()
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
             _note_progress(self)
     return {"source": source, "seconds": seconds}

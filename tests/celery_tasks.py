@@ -245,6 +245,7 @@ def define_tasks(app: Celery) -> None:
     @task(bind=True, base=SingletonTask, name="fail_open", lock_on_outage="run_unlocked")
     def fail_open(self: Any, key: str) -> bool:
         hold_body(self, key, 0.0)
+        self.lock_check()  # running unlocked by policy: no lock to lose, nothing raised
         return self.current_lock is None
 
     @task(bind=True, base=SingletonTask, name="boom")
@@ -286,4 +287,43 @@ def define_tasks(app: Celery) -> None:
     def hard_limited(self: Any, key: str) -> str:
         probe.mark(f"pid:{key}", str(os.getpid()))
         time.sleep(30)
+        return key
+
+    @task(bind=True, base=SingletonTask, name="check_loop", lock_key=["key"], lock_lease=1.5)
+    def check_loop(self: Any, key: str, timeout: float = 120.0) -> str:
+        """Calls lock_check() between steps: marks the first check passed, then loops
+        until a check raises (the test deletes the key meanwhile)."""
+        self.lock_check()
+        probe.mark(f"checked:{key}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.lock_check()
+            time.sleep(0.01)
+        probe.mark(f"finished:{key}")
+        return "finished"
+
+    @task(
+        bind=True,
+        base=SingletonTask,
+        name="loop_raise",
+        lock_key=["key"],
+        lock_lease=1.5,
+        lock_on_lost="raise",
+    )
+    def loop_raise(self: Any, key: str, timeout: float = 120.0) -> str:
+        """Never looks at its lock: only lock_on_lost="raise" ends it before its timeout."""
+        probe.mark(f"pid:{key}", str(os.getpid()))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        probe.mark(f"finished:{key}")
+        return "finished"
+
+    @task(bind=True, base=SingletonTask, name="stuck", lock_key=["key"], lock_lease=1.5)
+    def stuck(self: Any, key: str, seconds: float = 120.0) -> str:
+        """Blocked in one C call (a sleep) for ``seconds``: no exception reaches it there,
+        so only ending its process (``redlock_on_lost="kill"``) stops it sooner."""
+        probe.mark(f"pid:{key}", str(os.getpid()))
+        time.sleep(seconds)
+        probe.mark(f"finished:{key}")
         return key

@@ -340,10 +340,16 @@ def test_released_locks_do_not_pile_up_in_the_renewal_heap(dlm: Redlock, resourc
 
 
 def test_renewal_stops_at_max_hold(dlm: Redlock, resource: str) -> None:
-    lock = dlm.acquire(resource, 0.6, auto_renew=True, max_hold=1.0)
+    reported: list[LockLost] = []
+    lock = dlm.acquire(
+        resource, 0.6, auto_renew=True, max_hold=1.0, on_lost=lambda _l, e: reported.append(e)
+    )
     assert lock is not None
     assert wait_for(lambda: not lock.valid, timeout=10)
-    assert lock.lost is None  # it ran out as asked, it was not taken
+    # It ran out as asked: the handle says it expired, renewal reported no loss.
+    assert lock.lost is not None
+    assert "expired" in str(lock.lost)
+    assert reported == []
     # Validity ends a drift allowance before the keys do; then the resource is free.
     assert dlm.acquire(resource, 1, blocking=True, timeout=5) is not None
 

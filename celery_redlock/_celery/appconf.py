@@ -25,7 +25,7 @@ from celery_redlock._core.settings import LockSettings
 from celery_redlock.exceptions import ConfigurationError
 from celery_redlock.settings import split_urls
 
-__all__ = ["TASK_OPTIONS", "LockOptions", "OnDuplicate", "OnOutage", "RedlockConfig"]
+__all__ = ["TASK_OPTIONS", "LockOptions", "OnDuplicate", "OnLost", "OnOutage", "RedlockConfig"]
 
 
 class OnDuplicate(str, enum.Enum):
@@ -43,6 +43,14 @@ class OnOutage(str, enum.Enum):
     RETRY = "retry"  # re-queued with backoff until lock_outage_deadline; not max_retries
     RAISE = "raise"  # the run fails with QuorumUnavailable
     RUN_UNLOCKED = "run_unlocked"  # fail-open: the body runs without a lock (WARNING)
+
+
+class OnLost(str, enum.Enum):
+    """What a run does the moment renewal finds its lock lost (see ``_celery/stop.py``)."""
+
+    CONTINUE = "continue"  # the body goes on; it reads self.lock_lost or calls lock_check()
+    RAISE = "raise"  # LockLost is raised in the body's thread (or greenlet) at once
+    KILL = "kill"  # prefork only: the pool process kills itself, as a hard time limit does
 
 
 def _duration(value: Any, name: str) -> float:
@@ -95,6 +103,8 @@ class LockOptions:
       publish (its run is still locked).
     - ``window`` (0, off): keep the key this many seconds after a run ends, so the call
       runs at most once per window (throttling); at most ``restart_guard``.
+    - ``on_lost`` (``continue``): see :class:`OnLost`; checked against the worker's pool
+      at its start (``kill`` needs prefork).
 
     ``lease`` and ``window`` are TTLs, so the core's checks apply to them too.
     """
@@ -109,6 +119,7 @@ class LockOptions:
     dedup: bool = False
     dedup_ttl: float = 3600.0
     window: float = 0.0
+    on_lost: OnLost = OnLost.CONTINUE
 
 
 #: An outage retry never waits longer than this.
@@ -125,6 +136,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "dedup": _flag,
     "dedup_ttl": _duration,
     "window": _duration_or_zero,
+    "on_lost": _choice(OnLost),
 }
 
 #: (task attribute, app setting) for every per-task option, as Celery's ``Task.from_config``.

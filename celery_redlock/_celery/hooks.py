@@ -15,19 +15,22 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from celery import signals as celery_signals
+from celery import states
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
+from celery_redlock._celery import stop
+from celery_redlock._celery.appconf import LockOptions, OnLost
 from celery_redlock._celery.appstate import state_of
 from celery_redlock._celery.reaper import reaper
 from celery_redlock._celery.run import queued_lock
 from celery_redlock._core.masters import redact
-from celery_redlock.exceptions import ConfigurationError
+from celery_redlock.exceptions import ConfigurationError, LockLost
 
-__all__ = ["check_pool", "connect_receivers", "ready_worker"]
+__all__ = ["check_on_lost", "check_pool", "connect_receivers", "ready_worker"]
 
 logger = logging.getLogger("celery_redlock")
 
@@ -64,6 +67,22 @@ def ready_worker(app: Any, pool: str) -> None:
     state.manager  # noqa: B018 - made before the pool forks, so its warnings show once
     if pool == "prefork":
         reaper.enable()
+        stop.prefork_started()
+
+
+def check_on_lost(pool: str, tasks: Iterable[tuple[str, LockOptions]]) -> None:
+    """Refuse ``lock_on_lost="kill"`` outside prefork: only a prefork child runs one task
+    and is replaced when it dies; under threads, solo or gevent the process is the
+    worker, and killing it would end every other run with it."""
+    if pool == "prefork":
+        return
+    for where, options in tasks:
+        if options.on_lost is OnLost.KILL:
+            raise ConfigurationError(
+                f"{where}: lock_on_lost='kill' needs the prefork pool, not {pool}: it ends"
+                " the pool process, which here is the whole worker; use 'raise', which"
+                " raises LockLost in the run's thread (or greenlet)"
+            )
 
 
 def _pool_name(pool_cls: Any) -> str:
@@ -81,6 +100,15 @@ def connect_receivers(is_locked: Callable[[Any], bool]) -> None:
     celery_signals.worker_shutdown.connect(
         receivers.on_worker_shutdown, weak=False, dispatch_uid=uid
     )
+
+
+def _store_loss(task: Any, task_id: str, resource: str, message: str) -> None:
+    """A child that killed itself on losing its lock (``lock_on_lost="kill"``): its result
+    is the LockLost again, in place of the WorkerLostError Celery stored for the child."""
+    try:
+        task.backend.store_result(task_id, LockLost(message, resource=resource), states.FAILURE)
+    except Exception as exc:  # the WorkerLostError stays
+        logger.warning("storing the result of %s[%s] failed: %s", task.name, task_id, exc)
 
 
 def _patience(task: Any) -> float:
@@ -115,7 +143,12 @@ class _Receivers:
             and isinstance(exception, (WorkerLostError, TimeLimitExceeded))
             and self.is_locked(sender)
         ):
-            reaper.reap(task_id, state_of(sender.app).manager, _patience(sender))
+            reaper.reap(
+                task_id,
+                state_of(sender.app).manager,
+                _patience(sender),
+                on_lost=lambda resource, message: _store_loss(sender, task_id, resource, message),
+            )
 
     @staticmethod
     def on_worker_shutdown(sender: Any = None, **_kwargs: Any) -> None:

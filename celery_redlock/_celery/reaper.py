@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from celery_redlock._core.sync import Redlock
@@ -36,6 +37,9 @@ __all__ = ["Reaper", "reaper"]
 _HAS_PROC = Path("/proc/self/stat").exists()
 
 logger = logging.getLogger("celery_redlock")
+
+#: Told ``(resource, why)`` of a child that ended itself for a lost lock.
+OnLost = Callable[[str, str], None]
 
 #: How often the main process looks whether a killed child has exited.
 _EXIT_POLL = 0.02
@@ -140,6 +144,21 @@ class Reaper:
         mapped[0:1] = data[:1]
         self._current = task_id
 
+    def note_lost(self, task_id: str, resource: str, token: str, lost: str) -> None:
+        """In a child about to kill itself for a lost lock (``lock_on_lost="kill"``): the
+        record says why, for the main process to store as the task's result."""
+        if not self._child:
+            return
+        entry = {"task_id": task_id, "resource": resource, "token": token, "lost": lost}
+        data = json.dumps(entry).encode()
+        mapped = self._record_map(len(data) + 1)
+        if mapped is None:
+            return
+        mapped[0:1] = b"\0"
+        mapped[1 : len(data) + 1] = data[1:] + b"\0"
+        mapped[0:1] = data[:1]
+        self._current = task_id
+
     def forget(self, task_id: str) -> None:
         """In a child: its lock is released (or about to be), nothing to reap.
 
@@ -151,9 +170,12 @@ class Reaper:
         self._map[0:1] = b"\0"
         self._current = None
 
-    def reap(self, task_id: str, dlm: Redlock, patience: float) -> None:
+    def reap(
+        self, task_id: str, dlm: Redlock, patience: float, on_lost: OnLost | None = None
+    ) -> None:
         """In the main process: release ``task_id``'s lock once its child has exited,
-        waiting up to ``patience`` seconds, in a background thread."""
+        waiting up to ``patience`` seconds, in a background thread; then, if the child
+        noted that it ended itself for a lost lock, ``on_lost(resource, why)``."""
         if not self.enabled or os.getpid() != self.owner:
             return
         assert self.directory is not None
@@ -163,7 +185,7 @@ class Reaper:
                 continue
             threading.Thread(
                 target=self._reap_one,
-                args=(path, dlm, patience),
+                args=(path, dlm, patience, on_lost),
                 name="celery-redlock-reaper",
                 daemon=True,
             ).start()
@@ -177,7 +199,9 @@ class Reaper:
         for path in self.directory.glob("*.json"):
             self._reap_one(path, dlm, patience=0)
 
-    def _reap_one(self, path: Path, dlm: Redlock, patience: float) -> None:
+    def _reap_one(
+        self, path: Path, dlm: Redlock, patience: float, on_lost: OnLost | None = None
+    ) -> None:
         child = _child_of(path)
         if child is None:
             return  # without the child's identity we cannot tell that it exited
@@ -190,6 +214,8 @@ class Reaper:
         entry = _read(path)  # read again now that the child is gone: what it held last
         if entry is not None:
             self._release(entry, pid, dlm)
+            if on_lost is not None and "lost" in entry:
+                on_lost(entry["resource"], entry["lost"])
         with contextlib.suppress(OSError):
             path.unlink()
 
@@ -234,6 +260,8 @@ def _read(path: Path) -> dict[str, str] | None:
         return None
     if not all(isinstance(entry[k], str) for k in ("task_id", "resource", "token")):
         return None
+    if not isinstance(entry.get("lost", ""), str):
+        del entry["lost"]
     return entry
 
 

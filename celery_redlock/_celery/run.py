@@ -10,20 +10,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from celery import states
 from celery.exceptions import Reject, Retry
 
 from celery_redlock import signals
-from celery_redlock._celery.appconf import OUTAGE_COUNTDOWN_MAX, LockOptions, OnDuplicate, OnOutage
+from celery_redlock._celery.appconf import (
+    OUTAGE_COUNTDOWN_MAX,
+    LockOptions,
+    OnDuplicate,
+    OnLost,
+    OnOutage,
+)
 from celery_redlock._celery.handoff import as_owner, owner_of
 from celery_redlock._celery.locked import LockedTask
 from celery_redlock._celery.reaper import reaper
+from celery_redlock._celery.stop import Action, Stopper, in_pool_child, interrupter
 from celery_redlock._core.sync import Lock, Redlock
 from celery_redlock.exceptions import LockLost, QuorumUnavailable
 from celery_redlock.outcomes import TaskLocked, skipped
@@ -57,9 +67,17 @@ class Hold:
     lock: Lock | None = None
     lost: LockLost | None = None
     finished: bool = False
+    stopper: Stopper | None = None
+
+    def current_loss(self) -> LockLost | None:
+        """The loss renewal reported, or expiry once the validity ran out unrenewed."""
+        if self.lost is not None or self.lock is None:
+            return self.lost
+        return self.lock.lost
 
     def on_lost(self, _lock: Lock, error: LockLost) -> None:
-        """Called by the renewal thread when a quorum can no longer be kept."""
+        """Called by the renewal thread when a quorum can no longer be kept: tell, then
+        end the body if ``lock_on_lost`` says so."""
         self.lost = error
         logger.error(
             "task %s[%s] lost its lock on %r while running; another run may start: %s",
@@ -71,6 +89,8 @@ class Hold:
         signals.lock_lost.send(
             sender=self.task, task_id=self.task_id, resource=self.resource, error=error
         )
+        if self.stopper is not None:
+            self.stopper.stop(error)
 
 
 def _holds() -> dict[str, Hold]:
@@ -113,12 +133,54 @@ def _run_held(task: LockedTask, hold: Hold, body: Callable[[], Any]) -> Any:
             sender=task, task_id=hold.task_id, resource=hold.resource, lock=hold.lock
         )
     try:
-        return body()
+        policy = task.lock_options.on_lost
+        if policy is OnLost.CONTINUE or hold.lock is None:
+            return body()
+        hold.stopper = Stopper(_stop_action(task, hold, policy))
+        return hold.stopper.call(body, hold.current_loss)
     finally:
         try:
             finish(task, hold)
         finally:
             holds.pop(hold.task_id, None)
+
+
+def _stop_action(task: LockedTask, hold: Hold, policy: OnLost) -> Action:
+    """What ends this run's body on a loss (in the body's thread: it captures it).
+
+    ``kill`` outside a prefork pool child (an eager ``apply()``, whose process is the
+    caller's) raises instead: ending that process would end far more than the run.
+    """
+    if policy is OnLost.KILL and in_pool_child():
+        return _killer(task, hold)
+    return interrupter()
+
+
+def _killer(task: LockedTask, hold: Hold) -> Action:
+    """End this prefork child, as a hard time limit does: SIGKILL, so that no code of the
+    run goes on. First its result is stored as FAILURE with the LockLost (a client
+    waiting for it sees why), and the loss noted in the reaper's record: the main
+    process, told of a lost child by Celery (WorkerLostError, which it stores), stores
+    the LockLost again and releases what the record holds, owner-checked."""
+    request = task.request
+    assert hold.lock is not None
+    token = hold.lock.token
+
+    def kill(error: LockLost) -> None:
+        logger.error(
+            "task %s[%s] ends its pool process (lock_on_lost='kill'): %s",
+            task.name,
+            hold.task_id,
+            error,
+        )
+        reaper.note_lost(hold.task_id, hold.resource, token, str(error))
+        try:
+            task.backend.store_result(hold.task_id, error, states.FAILURE, request=request)
+        except Exception as exc:  # the process ends anyway; the main process stores it
+            logger.warning("storing the result of %s[%s] failed: %s", task.name, hold.task_id, exc)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return kill
 
 
 def finish(task: LockedTask, hold: Hold) -> None:

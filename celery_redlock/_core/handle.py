@@ -86,8 +86,33 @@ class HandleBase(Generic[M]):
 
     @property
     def lost(self) -> LockLost | None:
-        """Why the lock was lost while held (renewal failed), or None."""
-        return self._lost
+        """Why the lock is no longer ours, or None while it is valid (or once released).
+
+        Renewal's verdict when it failed; otherwise, once the validity has run out, a
+        LockLost saying it expired, without waiting for the renewal thread to notice: a
+        thread that is late (starved, or the process paused past the lease) must not let
+        the handle report a lock as held for longer than it is.
+        """
+        if self._released:
+            return None
+        lost = self._lost
+        if lost is None and self._manager.clock() >= self._lease.valid_until:
+            lost = self._expired()
+        return lost
+
+    def check(self) -> None:
+        """Raise :class:`LockLost` unless the lock is still ours; do nothing while valid.
+
+        For bodies that loop: call it between steps. It reads the handle's state (no round
+        to the masters, so it costs next to nothing and never blocks, an
+        :class:`AsyncLock`'s included): the loss renewal recorded, or expiry once the
+        validity has run out unrenewed, or the release.
+        """
+        if self._released:
+            raise LockLost(f"lock on {self.resource!r} was released", resource=self.resource)
+        lost = self.lost
+        if lost is not None:
+            raise lost.with_traceback(None)  # raised again and again: no traceback pile-up
 
     @property
     def released(self) -> bool:
@@ -99,7 +124,7 @@ class HandleBase(Generic[M]):
         return self._lease.votes
 
     def __repr__(self) -> str:
-        state = "released" if self._released else "lost" if self._lost else "held"
+        state = "released" if self._released else "lost" if self.lost else "held"
         return f"<{type(self).__name__} {self.resource!r} {state}, validity={self.validity:.3f}s>"
 
     # --- renewal decisions (the drivers wait and extend; these decide) ---
@@ -132,18 +157,40 @@ class HandleBase(Generic[M]):
 
     def _extended(self, extension: quorum.Extension) -> float:
         """Record what an explicit extend left us; the new validity, or its error raised."""
-        self._lease = extension.lease
-        if extension.error is not None:
-            raise extension.error
+        error = self._record(extension)
+        if error is not None:
+            raise error
         return self.validity
 
     def _renewed(self, extension: quorum.Extension) -> float | None:
         """Record a renewal's result; the delay before the next one, or None when lost."""
-        self._lease = extension.lease
-        if extension.error is not None:
-            return self._renewal_failed(extension.error)
+        error = self._record(extension)
+        if error is not None:
+            return self._renewal_failed(error)
         assert self._renewal is not None
         return self._renewal.every
+
+    def _record(self, extension: quorum.Extension) -> Exception | None:
+        """Take an extension's lease; its error, or a LockLost when it came too late.
+
+        Once the validity believed during the round has run out, :attr:`lost` may have
+        said so (and a body stopped on it): an extension that lands after that moment
+        does not make the lock held again. A lost lock stays lost; its keys, still ours
+        on the masters, go at its release (owner-checked) or with their TTL.
+        """
+        late = self._manager.clock() >= self._lease.valid_until
+        self._lease = extension.lease
+        if extension.error is None and late:
+            self._lease = self._lease._replace(valid_until=self._manager.clock())
+            return self._expired()
+        return extension.error
+
+    def _expired(self) -> LockLost:
+        return LockLost(
+            f"lock on {self.resource!r} expired: its validity ran out before a renewal extended it",
+            resource=self.resource,
+            votes=self._lease.votes,
+        )
 
     def _renewal_failed(self, error: Exception) -> float | None:
         """After a failed renewal: the delay before trying again, or None when lost."""
