@@ -106,6 +106,13 @@ class Leadership:
         """Whether the lease is provably ours right now (checked before every send)."""
         return self._lock is not None and self._lock.valid
 
+    @property
+    def fence(self) -> int | None:
+        """This term's fence while leading (None otherwise): higher than every earlier
+        term's, for a scheduler that writes somewhere (a database) to refuse a deposed
+        leader's late writes. A new term (the lease won again) has a new fence."""
+        return self._lock.fence if self._lock is not None else None
+
     def next_check(self) -> float:
         """The longest a tick may sleep without letting the lease lapse or a takeover lag."""
         return self.lease / 3
@@ -141,6 +148,12 @@ class LeaderLeaseMixin:
             logger.debug("beat: standby, not sending %s", entry.name)
             return
         super().apply_entry(entry, producer=producer)  # type: ignore[misc]
+
+    @property
+    def leader_fence(self) -> int | None:
+        """The fence of this beat's term as leader (None while it stands by): see
+        :attr:`Leadership.fence`."""
+        return self._lead().fence
 
     def close(self) -> None:
         if self._leadership is not None:

@@ -51,6 +51,7 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
     lock_dedup_ttl: Any = None
     lock_window: Any = None
     lock_on_lost: Any = None
+    lock_fencing: Any = None
 
     #: (attribute, setting) pairs: an attribute left None takes the setting's value.
     lock_from_config: ClassVar[tuple[tuple[str, str], ...]] = TASK_OPTIONS
@@ -131,6 +132,15 @@ class SingletonTask(Task):  # type: ignore[misc]  # celery is untyped
         """
         hold = run.current_hold(self)
         return hold.current_loss() if hold is not None else None
+
+    @property
+    def lock_fence(self) -> int | None:
+        """The running call's fence: higher than that of every earlier run of its key, for
+        the places the body writes to to refuse a run that lost its lock unawares (see
+        :mod:`celery_redlock.fencing`). None outside a run, running unlocked, or with
+        ``lock_fencing = False``."""
+        lock = self.current_lock
+        return lock.fence if lock is not None else None
 
     def lock_check(self) -> None:
         """Raise :class:`LockLost` if the running call's lock is lost; else do nothing.

@@ -105,6 +105,8 @@ class LockOptions:
       runs at most once per window (throttling); at most ``restart_guard``.
     - ``on_lost`` (``continue``): see :class:`OnLost`; checked against the worker's pool
       at its start (``kill`` needs prefork).
+    - ``fencing`` (True): the run's lock carries a fence (``self.lock_fence``), for the
+      places the body writes to to refuse a run that lost its lock unawares.
 
     ``lease`` and ``window`` are TTLs, so the core's checks apply to them too.
     """
@@ -120,6 +122,7 @@ class LockOptions:
     dedup_ttl: float = 3600.0
     window: float = 0.0
     on_lost: OnLost = OnLost.CONTINUE
+    fencing: bool = True
 
 
 #: An outage retry never waits longer than this.
@@ -137,6 +140,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "dedup_ttl": _duration,
     "window": _duration_or_zero,
     "on_lost": _choice(OnLost),
+    "fencing": _flag,
 }
 
 #: (task attribute, app setting) for every per-task option, as Celery's ``Task.from_config``.

@@ -142,7 +142,9 @@ def _claim(
         return None, None
     existing = None
     for _attempt in range(2):
-        lock = dlm.acquire(resource, ttl, owner=as_owner(options["task_id"]))
+        # Unfenced: the run takes a lock of its own (see run._adopt), and that one's fence
+        # is what its writes carry.
+        lock = dlm.acquire(resource, ttl, owner=as_owner(options["task_id"]), fencing=False)
         if lock is not None:
             return lock, None
         existing = dlm.holder(resource)

@@ -207,7 +207,9 @@ def finish(task: LockedTask, hold: Hold) -> None:
 def _start_window(dlm: Redlock, hold: Hold, window: float) -> None:
     # Taken before the run's lock is released, so no other run fits in between.
     try:
-        opened = dlm.acquire(window_of(hold.resource), window, owner=as_owner(hold.task_id))
+        opened = dlm.acquire(
+            window_of(hold.resource), window, owner=as_owner(hold.task_id), fencing=False
+        )
         if opened is None:
             logger.warning("the window of %r was already taken", hold.resource)
     except Exception as exc:  # the run is over; only throttling is lost
@@ -268,6 +270,7 @@ def _take(dlm: Redlock, hold: Hold, options: LockOptions, max_hold: float | None
             max_hold=max_hold,
             owner=as_owner(hold.task_id),
             on_lost=hold.on_lost,
+            fencing=options.fencing,
         )
         if lock is None or not options.window or not _window_open(dlm, hold, lock):
             return lock
@@ -276,7 +279,9 @@ def _take(dlm: Redlock, hold: Hold, options: LockOptions, max_hold: float | None
             return None
         # Wait out the window: its key expires, it is never released, and the core's
         # blocking acquire sleeps until that expiry.
-        opened = dlm.acquire(window_of(hold.resource), options.lease, blocking=True, timeout=left)
+        opened = dlm.acquire(
+            window_of(hold.resource), options.lease, blocking=True, timeout=left, fencing=False
+        )
         if opened is None:
             return None
         opened.release()
