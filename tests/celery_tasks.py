@@ -319,6 +319,17 @@ def define_tasks(app: Celery) -> None:
         probe.mark(f"finished:{key}")
         return "finished"
 
+    @task(bind=True, base=SingletonTask, name="fenced")
+    def fenced(self: Any, key: str) -> int | None:
+        """The run's fence, as the body would hand it to the place it writes to."""
+        fence: int | None = self.lock_fence
+        return fence
+
+    @task(bind=True, base=SingletonTask, name="unfenced", lock_fencing=False)
+    def unfenced(self: Any, key: str) -> int | None:
+        fence: int | None = self.lock_fence
+        return fence
+
     @task(bind=True, base=SingletonTask, name="stuck", lock_key=["key"], lock_lease=1.5)
     def stuck(self: Any, key: str, seconds: float = 120.0) -> str:
         """Blocked in one C call (a sleep) for ``seconds``: no exception reaches it there,
