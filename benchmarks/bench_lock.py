@@ -168,10 +168,12 @@ class RedlockNg:
 
 
 class CeleryRedlock:
-    """Ours, through its public API only."""
+    """Ours, through its public API only (fenced, the default)."""
+
+    fencing = True
 
     def __init__(self, urls: Sequence[str], key: str) -> None:
-        self._dlm = Redlock(list(urls), master_timeout=MASTER_TIMEOUT)
+        self._dlm = Redlock(list(urls), master_timeout=MASTER_TIMEOUT, fencing=self.fencing)
         self._key = key
 
     def acquire(self, blocking: bool) -> Any:
@@ -180,6 +182,12 @@ class CeleryRedlock:
 
     def release(self, handle: Any) -> None:
         handle.release()
+
+
+class CeleryRedlockUnfenced(CeleryRedlock):
+    """Ours with fencing off: what a fence costs is the difference to the row above."""
+
+    fencing = False
 
 
 class ScatterGather:
@@ -228,6 +236,7 @@ LIBRARIES = {
     "pottery": Library("pottery `Redlock`", PotteryRedlock, "pottery", poll=0.2),
     "redlock-ng": Library("redlock-ng `Redlock`", RedlockNg, "redlock", poll=0.3),
     "ours": Library("**celery_redlock `Redlock`**", CeleryRedlock),
+    "unfenced": Library("celery_redlock `Redlock`, `fencing=False`", CeleryRedlockUnfenced),
     "scatter": Library(
         "bare scatter-gather over N redis-py connections (send all, then read all)",
         ScatterGather,
@@ -793,6 +802,15 @@ def targets(results: Results) -> list[str]:
             "bare scatter-gather, 5 masters +1 ms / 1 master +1 ms (the floor under this proxy)",
             _ratio(_ms_at(results, "scatter", "d5"), _ms_at(results, "scatter", "d1")),
             "x",
+        ),
+        *(
+            _judge(
+                f"ours fenced / unfenced, {n} masters",
+                _ratio(_ms_at(results, "ours", f"u{n}"), _ms_at(results, "unfenced", f"u{n}")),
+                "x",
+                at_most=1.1,
+            )
+            for n in (3, 5)
         ),
         _judge("our hand-off p50, 3 masters", _ms_at(results, "ours", "handoff"), " ms", at_most=2),
         _judge(

@@ -359,6 +359,10 @@ ROWS = {
     "plain": Row("plain `@app.task`", _plain),
     "ours": Row(f"**SingletonTask, {MASTERS} masters**", _ours(MASTERS)),
     "ours1": Row("SingletonTask, 1 master", _ours(1)),
+    "unfenced": Row(
+        f"SingletonTask, {MASTERS} masters, `lock_fencing=False`",
+        _ours(MASTERS, lock_fencing=False),
+    ),
     "floor": Row(
         f"floor: a SET NX PX and a DEL to {MASTERS} masters, raw sockets, no lock", _floor
     ),
