@@ -62,11 +62,13 @@ def postgres_server() -> Iterator[str | None]:
     import psycopg
     from psycopg import sql
 
-    base = os.environ.get(POSTGRES_ENV) or "postgresql://postgres@127.0.0.1:5432/postgres"
+    given = os.environ.get(POSTGRES_ENV)
+    base = given or "postgresql://postgres@127.0.0.1:5432/postgres"
     try:
         admin = psycopg.connect(base, autocommit=True, connect_timeout=3)
     except psycopg.Error as exc:
-        postgres_absent.append(f"no PostgreSQL at {redact(base)} ({POSTGRES_ENV} unset?): {exc}")
+        where = f"from {POSTGRES_ENV}" if given else f"set {POSTGRES_ENV} to a server's URL"
+        postgres_absent.append(f"no PostgreSQL at {redact(base)} ({where}): {exc}")
         yield None
         return
     name = f"celery_redlock_test_{uuid.uuid4().hex[:12]}"
