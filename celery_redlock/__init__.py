@@ -16,6 +16,7 @@ from celery_redlock._core.settings import LockSettings
 from celery_redlock._core.sync import Lock, Redlock
 from celery_redlock.exceptions import (
     ConfigurationError,
+    FenceRejected,
     LockError,
     LockLost,
     LockNotAcquired,
@@ -31,6 +32,7 @@ __all__ = [
     "AsyncLock",
     "AsyncRedlock",
     "ConfigurationError",
+    "FenceRejected",
     "Lock",
     "LockError",
     "LockLost",

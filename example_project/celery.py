@@ -12,14 +12,16 @@ from celery import Celery
 from celery.schedules import crontab
 
 from example_project import monitoring
+from example_project.ledger import Ledger
 from example_project.runlog import RunLog
 from example_project.settings import Settings
 
-__all__ = ["app", "metrics", "runlog", "settings"]
+__all__ = ["app", "ledger", "metrics", "runlog", "settings"]
 
 settings = Settings.from_env()
 runlog = RunLog(settings.runlog_url, settings.namespace)
 metrics = monitoring.Metrics(runlog)
+ledger = Ledger(settings.ledger_url)
 
 
 def report_schedule(every: float | None) -> Any:

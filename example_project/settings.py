@@ -16,6 +16,8 @@ EXAMPLE_REPORT_EVERY     unset: the report runs nightly at 02:00    seconds betw
 EXAMPLE_NAMESPACE        ``example``                                queue name, lock key
                                                                     prefix and run log keys
 EXAMPLE_RUNLOG_URL       the broker URL                             Redis for the run log
+EXAMPLE_LEDGER_URL       ``sqlite:///<tmp>/<namespace>-ledger.db``  the ledger's database
+                                                                    (SQLAlchemy URL)
 ======================== ========================================== =======================
 
 The namespace keeps two deployments (or a demo run) on shared servers apart: each has its
@@ -25,6 +27,7 @@ own queue, its own lock keys and its own run log.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -38,6 +41,11 @@ DEFAULT_MASTERS = tuple(f"redis://redlock-{n}:6379/0" for n in range(1, 6))
 DEFAULT_NAMESPACE = "example"
 
 
+def default_ledger_url(namespace: str) -> str:
+    """A SQLite file of the namespace's own in the temporary directory."""
+    return f"sqlite:///{os.path.join(tempfile.gettempdir(), f'{namespace}-ledger.db')}"
+
+
 @dataclass(frozen=True)
 class Settings:
     """The values the Celery app is built from (see the module docstring)."""
@@ -48,19 +56,22 @@ class Settings:
     report_every: float | None = None
     namespace: str = DEFAULT_NAMESPACE
     runlog_url: str = DEFAULT_BROKER_URL
+    ledger_url: str = default_ledger_url(DEFAULT_NAMESPACE)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         """Read the ``EXAMPLE_*`` variables; an empty variable counts as unset."""
         broker = env.get("EXAMPLE_BROKER_URL") or DEFAULT_BROKER_URL
         every = env.get("EXAMPLE_REPORT_EVERY")
+        namespace = env.get("EXAMPLE_NAMESPACE") or DEFAULT_NAMESPACE
         return cls(
             broker_url=broker,
             result_backend=env.get("EXAMPLE_RESULT_BACKEND") or broker,
             masters=split_urls(env.get("EXAMPLE_REDLOCK_MASTERS")) or DEFAULT_MASTERS,
             report_every=float(every) if every else None,
-            namespace=env.get("EXAMPLE_NAMESPACE") or DEFAULT_NAMESPACE,
+            namespace=namespace,
             runlog_url=env.get("EXAMPLE_RUNLOG_URL") or broker,
+            ledger_url=env.get("EXAMPLE_LEDGER_URL") or default_ledger_url(namespace),
         )
 
 

@@ -9,6 +9,10 @@
 - :func:`import_catalog`: a long job on a short lease. The lease (3 s) is renewed every
   second while the body runs, so the import keeps its lock for as long as it takes, and a
   worker that dies mid-import frees the supplier within 3 s rather than 30.
+- :func:`settle_balance`: a write fenced where the data lives. The run's fence
+  (``self.lock_fence``) goes with its write to the ledger's SQL row, which refuses it if a
+  later run of the same customer has written: a run paused past its lease cannot put an
+  older balance back (:mod:`example_project.ledger`).
 
 The work itself is simulated (sleeps); the run log records every body's start and end.
 """
@@ -19,9 +23,9 @@ import time
 from typing import Any
 
 from celery_redlock import SingletonTask
-from example_project.celery import app, runlog
+from example_project.celery import app, ledger, runlog
 
-__all__ = ["import_catalog", "nightly_report", "sync_customer"]
+__all__ = ["import_catalog", "nightly_report", "settle_balance", "sync_customer"]
 
 #: How long the import's lock lasts without renewal (renewed every third of it).
 IMPORT_LEASE = 3.0
@@ -67,6 +71,20 @@ def import_catalog(self: Any, source: str, seconds: float = 8.0) -> dict[str, An
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
             _note_progress(self)
     return {"source": source, "seconds": seconds}
+
+
+@app.task(bind=True, base=SingletonTask, lock_key=["customer_id"])  # type: ignore[untyped-decorator]
+def settle_balance(self: Any, customer_id: int, balance: int) -> dict[str, Any]:
+    """Write a customer's settled balance to the ledger, fenced by this run's lock.
+
+    The lock lets one run per customer in at a time; the fence makes the ledger refuse a
+    run that lost its lock without noticing (paused past its lease): its write raises
+    ``FenceRejected`` and the run fails, and the newer balance stays. The check runs in
+    the database, so it holds however late the write arrives.
+    """
+    with runlog.run("settle_balance", str(customer_id), self.request.id):
+        ledger.record(customer_id, balance, self.request.id, self.lock_fence)
+    return {"customer_id": customer_id, "balance": balance, "fence": self.lock_fence}
 
 
 def _note_progress(task: Any) -> None:

@@ -122,6 +122,7 @@ def test_the_app_and_scheduler_named_in_the_commands_exist() -> None:
     assert app["tasks"] == [
         "example_project.tasks.import_catalog",
         "example_project.tasks.nightly_report",
+        "example_project.tasks.settle_balance",
         "example_project.tasks.sync_customer",
     ]
     module, _, name = SCHEDULER.partition(":")

@@ -25,8 +25,11 @@ CORE_MAY_IMPORT = ("celery_redlock._core", "celery_redlock.exceptions")
 #: Third-party packages of the Celery layer, which the core never imports.
 CELERY_PACKAGES = ("celery", "kombu", "billiard", "click")
 
-#: Underscore names that are public API: namedtuple's and Enum's.
-PUBLIC_UNDERSCORE = frozenset({"_replace", "_fields", "_asdict", "_make", "_field_defaults"})
+#: Underscore names that are public API: namedtuple's, and Django's ``Model._meta`` (its
+#: documented "Model _meta API", which the fencing check reads a model's keys from).
+PUBLIC_UNDERSCORE = frozenset(
+    {"_replace", "_fields", "_asdict", "_make", "_field_defaults", "_meta"}
+)
 
 
 @cache

@@ -13,6 +13,7 @@ def test_public_names_are_pinned() -> None:
         "AsyncLock",
         "AsyncRedlock",
         "ConfigurationError",
+        "FenceRejected",
         "Lock",
         "LockError",
         "LockLost",
@@ -34,7 +35,13 @@ def test_public_names_are_pinned() -> None:
 def test_contention_and_outage_are_different_errors() -> None:
     assert not issubclass(celery_redlock.QuorumUnavailable, celery_redlock.LockNotAcquired)
     assert not issubclass(celery_redlock.LockNotAcquired, celery_redlock.QuorumUnavailable)
-    for name in ("LockNotAcquired", "QuorumUnavailable", "LockLost", "ConfigurationError"):
+    for name in (
+        "LockNotAcquired",
+        "QuorumUnavailable",
+        "LockLost",
+        "FenceRejected",
+        "ConfigurationError",
+    ):
         assert issubclass(getattr(celery_redlock, name), celery_redlock.LockError)
     assert issubclass(celery_redlock.ConfigurationError, ValueError)
 
