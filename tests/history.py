@@ -1,17 +1,20 @@
-"""The no-overlap checker shared by the simulator and the chaos suite.
+"""The checkers shared by the simulator and the chaos suite: no overlap, fences that rise.
 
 A lock's promise is about *validity windows*: from the moment ``acquire`` handed the lease
 to the caller until the earlier of the lease's ``valid_until`` and the moment the caller
-started to release it. Two windows on one key that intersect are two holders at once; that
-is the only thing checked, because it is the only thing the algorithm promises. (A holder
-frozen past its validity and still working is Kleppmann's hazard; fencing, not Redlock,
-answers it, so its window honestly ends at ``valid_until``.)
+started to release it. Two windows on one key that intersect are two holders at once
+(:func:`find_overlaps`). (A holder frozen past its validity and still working is
+Kleppmann's hazard; its window honestly ends at ``valid_until``, and the fence answers it.)
+
+A fence's promise is an order (:func:`find_fence_regressions`): of two fenced leases of
+one key, the one handed over later has the strictly larger fence, so a resource that
+keeps the highest fence it saw rejects every write of an earlier holder, frozen or not.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 
@@ -65,3 +68,79 @@ def find_overlaps(windows: Iterable[Window]) -> list[Overlap]:
             found.extend(Overlap(w, window) for w in open_)
             open_.append(window)
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One fenced lease as handed over: its fence and two times in the shared time base.
+
+    ``handed`` is when ``acquire`` returned it (no earlier than the moment its fence stood
+    on a quorum); ``asked`` is no later than the first grant its fence was counted from
+    (the start of its winning round). Where the time base is exact (the simulator's true
+    time), both are the moment of hand-over.
+    """
+
+    key: str
+    holder: str
+    token: str
+    fence: int
+    handed: float
+    asked: float
+
+    def __str__(self) -> str:
+        return f"{self.holder} [{self.token}] fence {self.fence} at {self.handed:.6f}"
+
+
+@dataclass(frozen=True, slots=True)
+class Regression:
+    """A lease whose fence is not above that of one handed out before it began."""
+
+    earlier: Grant
+    later: Grant
+
+    def __str__(self) -> str:
+        return f"{self.earlier.key}: {self.later} is not above {self.earlier}"
+
+
+def find_fence_regressions(grants: Iterable[Grant]) -> list[Regression]:
+    """Every fenced lease whose fence is not strictly above the highest fence among the
+    leases of its key handed over before it was asked for, paired with the lease that
+    had that fence; and every lease whose fence another lease of its key has too.
+
+    This is the fence's promise: a later holder's fence is larger, so that a resource can
+    reject every write of an earlier one. "Later" is ``earlier.handed < later.asked``:
+    with an exact time base (the simulator's true time, where ``asked`` is ``handed``),
+    hand-over order itself; with one read by the processes (chaos), the later lease's
+    winning round began after the earlier one was handed over, so a hand-over written
+    down late (its process stopped first) is never mistaken for a later one. Two leases
+    with one fence break the promise whichever came first. Each lease is reported once.
+    """
+    by_key: dict[str, list[Grant]] = defaultdict(list)
+    for grant in grants:
+        by_key[grant.key].append(grant)
+    found: list[Regression] = []
+    for key in sorted(by_key):
+        found.extend(_regressions(by_key[key]))
+    return found
+
+
+def _regressions(grants: list[Grant]) -> Iterator[Regression]:
+    """One key's: a sweep in ``asked`` order, with a pointer into ``handed`` order that
+    keeps the highest fence handed over strictly before; then equal fences."""
+    handed = sorted(grants, key=lambda g: g.handed)
+    best: Grant | None = None
+    reported: set[str] = set()
+    i = 0
+    for grant in sorted(grants, key=lambda g: g.asked):
+        while i < len(handed) and handed[i].handed < grant.asked:
+            if best is None or handed[i].fence > best.fence:
+                best = handed[i]
+            i += 1
+        if best is not None and grant.fence <= best.fence:
+            reported.add(grant.token)
+            yield Regression(best, grant)
+    first: dict[int, Grant] = {}
+    for grant in handed:
+        twin = first.setdefault(grant.fence, grant)
+        if twin is not grant and grant.token not in reported:
+            yield Regression(twin, grant)

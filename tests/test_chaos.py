@@ -2,8 +2,8 @@
 
 Each phase's summary table is printed (``pytest -s``, or shown with a failure); the long
 mode is ``python -m tests.chaos --duration 120``. Nothing here asserts on timing: only on
-the history (no overlap where the assumptions hold, an overlap where they are broken)
-and on the clients never hitting an unexpected error.
+the history (no overlap and no fence regression where the assumptions hold, an overlap
+where they are broken) and on the clients never hitting an unexpected error.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tests.chaos.phases import standard
 from tests.chaos.report import render
 from tests.chaos.runner import PhaseResult, run_phase
 
-#: Seconds shared by the five phases in CI.
+#: Seconds shared by the six phases in CI.
 CI_SECONDS = 40.0
 PHASES = {phase.name: phase for phase in standard(CI_SECONDS)}
 #: The hazard shows up several times in a CI-sized phase, but not in every single run of
@@ -35,12 +35,18 @@ def run(name: str, seed: int = 0) -> PhaseResult:
     return result
 
 
-@pytest.mark.parametrize("name", ["mixed", "restart-guarded", "restart-delayed", "restart-paced"])
-def test_no_two_holders_under_faults_the_algorithm_tolerates(name: str) -> None:
+@pytest.mark.parametrize(
+    "name", ["mixed", "restart-guarded", "restart-delayed", "restart-paced", "high-rate"]
+)
+def test_no_two_holders_and_rising_fences_under_faults_the_algorithm_tolerates(
+    name: str,
+) -> None:
     result = run(name)
     assert not result.overlaps, render([result])
+    assert not result.regressions, render([result])
     assert not result.errors, render([result])
     assert result.faults.total() > 0
+    assert len(result.grants) == result.acquisitions  # every acquisition fenced
 
 
 def test_empty_restarts_without_the_guard_let_two_holders_in() -> None:

@@ -1,10 +1,12 @@
-"""The deterministic simulation: the real algorithm under every fault, checked for overlaps.
+"""The deterministic simulation: the real algorithm under every fault, checked for overlaps
+and for fences that do not rise.
 
 Thousands of seeded schedules per run; a failure names its seed and the command that
 replays it. Set ``REDLOCK_SIM_SOAK=1`` for ten times as many, each four times longer.
 The hazard tests are as important as the safety ones: a checker that never finds
 anything proves nothing, so schedules that break the algorithm's assumptions (clocks
-far apart, masters restarting empty with no guard) must be caught.
+far apart, masters restarting empty with no guard, masters' wall clocks days apart) must
+be caught, and so must a naive way of minting fences.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given
@@ -19,8 +22,9 @@ from hypothesis import strategies as st
 
 from celery_redlock._core import quorum
 from celery_redlock._core.protocol import Call, Outcome, Verb
+from celery_redlock._core.quorum import Vote
 from celery_redlock.testing import RedisServer
-from tests.history import Window, find_overlaps
+from tests.history import Grant, Window, find_fence_regressions, find_overlaps
 from tests.simulation.__main__ import SCHEDULES
 from tests.simulation.engine import Clock
 from tests.simulation.explore import explore
@@ -49,10 +53,11 @@ def seeds(scenario: str) -> range:
         "restart-mixed-guards",
     ],
 )
-def test_no_two_holders_where_the_assumptions_hold(scenario: str) -> None:
+def test_no_two_holders_and_rising_fences_where_the_assumptions_hold(scenario: str) -> None:
     summary = explore(scenario, seeds(scenario), BUDGET)
     assert not summary.failing, summary.explain()
     assert summary.windows > summary.schedules  # the schedules did hand out locks
+    assert summary.grants == summary.windows  # every one of them fenced
 
 
 # --- and the checker catches it where they do not -----------------------------------------
@@ -79,6 +84,47 @@ def test_an_unknown_extend_believed_in_full_is_caught(monkeypatch: pytest.Monkey
     monkeypatch.setattr(quorum, "unsure", lambda lease, *_args: lease)
     broken = [r.seed for r in explore("safe", seeds("safe"), BUDGET).failing]
     assert broken, "believing a timed-out shortened extend went unnoticed: the checker is blind"
+    monkeypatch.undo()
+    assert not explore("safe", broken, BUDGET).failing
+
+
+def test_fences_seeded_from_wall_clocks_days_apart_are_caught() -> None:
+    """Counters re-seeded (after a restart, or their expiry) on masters whose wall clocks
+    are far apart start below fences already handed out: the checker sees it, and the
+    same schedules on clocks that agree are fine. The lock itself stays safe."""
+    summary = explore("clocks-apart", seeds("clocks-apart"), BUDGET)
+    assert summary.regressing, "fences from clocks days apart rose anyway: the checker is blind"
+    assert not summary.overlapping, summary.explain()
+    assert "replay: python -m tests.simulation --scenario clocks-apart" in summary.explain()
+    broken = [r.seed for r in summary.regressing]
+    assert not explore("restart-delayed", broken, BUDGET).failing
+
+
+def test_fences_re_seeded_within_a_second_of_a_short_restart_guard_are_caught() -> None:
+    """A restart guard under a second (0.3 s here, which the settings accept) keeps the
+    lock safe, but a counter lost in the restart is re-seeded from the same whole second
+    as before: fences repeat. The seeding rule needs the guard to exceed a second plus the
+    masters' clock differences (the 60 s default does); the checker sees where it does not."""
+    summary = explore("restart-short-guard", seeds("restart-short-guard"), BUDGET)
+    assert summary.regressing, "fences re-seeded in the same second rose: the checker is blind"
+    assert not summary.overlapping, summary.explain()
+
+
+def _highest_grant(_call: Call, votes: Sequence[Vote], _need: int) -> quorum.Algorithm:
+    """The naive rule: the highest counter among the granting masters, never written
+    back (a generator, as ``quorum._fence`` is, that sends nothing)."""
+    return max((v.fence or 0 for v in votes if v.outcome is Outcome.YES), default=0), ()
+    yield  # pragma: no cover
+
+
+def test_the_highest_grant_alone_as_the_fence_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counters drift apart (a master misses grants while down or cut off, a lost round
+    counts on a minority), so a later quorum can miss the master that counted highest:
+    without the write-back the checker sees fences go backwards, and the same seeds
+    rise with the rule (``quorum._fence``) in force."""
+    monkeypatch.setattr(quorum, "_fence", _highest_grant)
+    broken = [r.seed for r in explore("safe", range(300), BUDGET).regressing]
+    assert broken, "the naive fence went unnoticed: the checker is blind"
     monkeypatch.undo()
     assert not explore("safe", broken, BUDGET).failing
 
@@ -116,6 +162,22 @@ def test_the_checker_finds_intersections_per_key_only() -> None:
     found = find_overlaps(windows)
     assert [(o.first.token, o.second.token) for o in found] == [("t2", "t3")]
     assert found[0].seconds == pytest.approx(0.1)
+
+
+def test_the_fence_checker_compares_each_lease_with_those_handed_over_before_it_began() -> None:
+    grants = [
+        Grant("k", "a", "t1", 10, handed=1.0, asked=0.5),
+        Grant("k", "b", "t2", 20, handed=2.0, asked=1.5),
+        Grant("k", "c", "t3", 15, handed=3.0, asked=2.5),  # below t2, handed before: caught
+        Grant("k", "d", "t4", 12, handed=3.2, asked=1.8),  # began before t2 was handed: fine
+        Grant("k", "e", "t5", 30, handed=4.0, asked=3.5),
+        Grant("k", "f", "t6", 30, handed=4.1, asked=3.9),  # t5's fence: caught either way
+        Grant("k", "g", "t7", 25, handed=5.0, asked=5.0),  # exact times (the simulator's)
+        Grant("j", "h", "t8", 1, handed=6.0, asked=6.0),  # another key
+    ]
+    found = [(r.earlier.token, r.later.token) for r in find_fence_regressions(grants)]
+    assert sorted(found) == [("t2", "t3"), ("t5", "t6"), ("t5", "t7")]
+    assert "fence 15" in str(find_fence_regressions(grants)[0])
 
 
 # --- the simulated master is the real scripts ----------------------------------------------
@@ -156,6 +218,50 @@ def test_the_simulated_master_answers_as_a_real_one() -> None:
             if real.pttl_ms is not None and modelled.pttl_ms is not None:
                 assert abs(real.pttl_ms - modelled.pttl_ms) < 5_000, call
     assert modelled.outcome is Outcome.YES
+
+
+def test_the_simulated_fence_counters_count_as_the_scripts_do() -> None:
+    """Fenced grants count one up (a re-armed one not), a write-back raises the counter
+    only while the key is ours, a FLUSHALL re-seeds it: the same fences on both, relative
+    to each one's first seed (whole seconds of its own clock, times a million)."""
+    calls = [
+        Call(Verb.ACQUIRE, "k", "t1", 10_000, 0, fencing=True),
+        Call(Verb.ACQUIRE, "k", "t1", 10_000, 0, fencing=True),  # re-armed: not counted
+        Call(Verb.ACQUIRE, "k", "t2", 10_000, 0, fencing=True),  # refused: no fence
+        Call(Verb.FENCE, "k", "t1", fence=5),  # lower than the counter: kept
+        Call(Verb.RELEASE, "k", "t1"),
+        Call(Verb.FENCE, "k", "t1", fence=10**15),  # not ours: refused
+        Call(Verb.ACQUIRE, "k", "t3", 10_000, 0, fencing=True),
+        Call(Verb.ACQUIRE, "k", "t4", 10_000, 0, fencing=False),  # refused: no fence
+        Call(Verb.RELEASE, "k", "t3"),
+        Call(Verb.ACQUIRE, "k", "t5", 10_000, 0),  # unfenced grant: the counter untouched
+        Call(Verb.RELEASE, "k", "t5"),
+        Call(Verb.ACQUIRE, "k", "t6", 10_000, 0, fencing=True),
+    ]
+    sim = SimMaster(0, Clock(1.0, time.time()))
+    with RedisServer() as server, server.client() as client:
+        seen: list[tuple[list[int | None], list[int | None]]] = []
+        for _ in range(2):
+            real_fences: list[int | None] = []
+            sim_fences: list[int | None] = []
+            for call in calls:
+                real = call.parse(client.execute_command(*call.fallback()))
+                modelled = call.parse(sim.execute(call, 0.0)[0])
+                assert real.outcome == modelled.outcome, call
+                real_fences.append(real.fence)
+                sim_fences.append(modelled.fence)
+            seen.append((real_fences, sim_fences))
+            client.flushall()  # the counters go with the data: the second pass re-seeds
+            sim.crash()
+            sim.restart()
+    for real_fences, sim_fences in seen:
+        for fences in (real_fences, sim_fences):
+            seed = fences[0]
+            assert seed is not None
+            assert seed % 1_000_000 == 0
+            assert abs(seed / 1_000_000 - time.time()) < 60
+            relative = [None if f is None else f - seed for f in fences]
+            assert relative == [0, 0, None, 0, None, None, 1, None, None, None, None, 2]
 
 
 # --- the arithmetic the simulation relies on -----------------------------------------------

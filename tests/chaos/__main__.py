@@ -1,7 +1,8 @@
 """``python -m tests.chaos --duration 120``: every chaos phase, the table, one closing line.
 
-Exit status 0 when no phase whose assumptions hold saw an overlap, the hazard phase was
-caught (the checker can see), and no client hit an unexpected error; 1 otherwise.
+Exit status 0 when no phase whose assumptions hold saw an overlap or a fence regression,
+the hazard phase was caught (the checker can see), and no client hit an unexpected error;
+1 otherwise.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {phase.name} ({phase.title}) for {phase.duration:.0f} s...", flush=True)
         results.append(run_phase(phase, args.seed))
     print(render(results))
-    unsafe = any(r.overlaps for r in results if r.phase.assumptions_hold)
+    unsafe = any(r.overlaps or r.regressions for r in results if r.phase.assumptions_hold)
     blind = any(not r.overlaps for r in results if not r.phase.assumptions_hold)
     broken = any(r.errors for r in results)
     return 1 if unsafe or blind or broken else 0

@@ -12,6 +12,14 @@
 - ``restart-paced``: guard on and immediate restarts, but no more than two masters down or
   in their guard window at once: the same pace as ``restart-delayed``, so the two
   phases' acquisitions per second compare the guard with delayed restarts fairly.
+- ``high-rate``: many more, much shorter holds (more processes, threads and resources)
+  under ``mixed``'s faults that need no proxy (master kill+restart with the guard on,
+  SIGSTOP/SIGCONT, client processes SIGSTOPped past their holders' validity), since the
+  proxies would bound the rate: most of a run's acquisitions, and so most of the fences
+  the checker compares, come from here.
+
+Every acquisition is fenced (the default), and every phase is checked for fences that
+do not rise as well as for overlaps.
 """
 
 from __future__ import annotations
@@ -61,9 +69,23 @@ RESTART_CLIENTS = ClientPlan(
 RESTART_FAULTS = FaultPlan(restart_every=RESTART_EVERY, max_out=2)
 
 
+#: Holds of a few milliseconds over eight resources: thousands of fences per phase.
+RATE_CLIENTS = replace(
+    MIXED_CLIENTS,
+    resources=tuple("abcdefgh"),
+    threads=4,
+    hold=(0.0, 0.01),
+    think=(0.0, 0.002),
+    blocking=0.3,
+    wait=0.5,
+    auto_renew=0.1,
+)
+
+
 def standard(total: float) -> list[Phase]:
-    """The five phases, sharing ``total`` seconds (the guarded restart phase gets 25%)."""
-    unit = total / 5
+    """The six phases, sharing ``total`` seconds in units (the guarded restart phase gets
+    1.25 units, the paced one 0.75, the high-rate one 1.5)."""
+    unit = total / 6.5
     guarded = replace(RESTART_CLIENTS, restart_guard=RESTART_TTL)
     return [
         Phase("mixed", "every fault, guard on", unit, MIXED_CLIENTS, MIXED_FAULTS, proxied=True),
@@ -95,5 +117,13 @@ def standard(total: float) -> list[Phase]:
             unit * 0.75,
             guarded,
             replace(RESTART_FAULTS, pace_guard=RESTART_TTL + 0.1),
+        ),
+        Phase(
+            "high-rate",
+            "master/client faults, short holds",
+            unit * 1.5,
+            RATE_CLIENTS,
+            MIXED_FAULTS,
+            processes=4,
         ),
     ]

@@ -4,7 +4,8 @@ The runner starts the masters (and a fault proxy in front of each when the phase
 network faults), spawns the client processes, waits until every one has imported and is
 ready, then gives them one common start and stop time on CLOCK_MONOTONIC while the
 injector runs the phase's fault plan. Afterwards every fault is undone, the clients
-finish their last hold, and their histories become validity windows for the checker.
+finish their last hold, and their histories become validity windows and fences for the
+checkers.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from typing import Any
 from celery_redlock.testing import FaultProxy, RedisGroup
 from tests.chaos.faults import FaultEvent, FaultPlan, Injector, signal_client
 from tests.chaos.worker import ClientPlan, main
-from tests.history import Overlap, Window, find_overlaps
+from tests.history import (
+    Grant,
+    Overlap,
+    Regression,
+    Window,
+    find_fence_regressions,
+    find_overlaps,
+)
 
 #: How long clients may take to import and get ready on a loaded machine.
 READY_TIMEOUT = 60.0
@@ -63,6 +71,8 @@ class PhaseResult:
     fault_events: list[FaultEvent]
     tallies: list[dict[str, Any]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    grants: list[Grant] = field(default_factory=list)
+    regressions: list[Regression] = field(default_factory=list)
 
     @property
     def acquisitions(self) -> int:
@@ -119,7 +129,7 @@ def run_phase(phase: Phase, seed: int = 0) -> PhaseResult:
             injector = Injector(phase.faults, list(group), proxies, pids, rng, holding)
             time.sleep(max(0.0, start - time.monotonic()))
             faults = injector.run(until)
-        windows, tallies = read_history(Path(directory))
+        windows, tallies, grants = read_history(Path(directory))
     reported = {t["holder"] for t in tallies}
     expected = [f"{p.name}.t{i}" for p in plans for i in range(p.threads)]
     missing = [f"{h} never reported" for h in expected if h not in reported]
@@ -132,6 +142,8 @@ def run_phase(phase: Phase, seed: int = 0) -> PhaseResult:
         injector.events,
         tallies,
         missing,
+        grants,
+        find_fence_regressions(grants),
     )
 
 
@@ -194,8 +206,9 @@ def _finish(procs: Sequence[multiprocessing.process.BaseProcess]) -> None:
             proc.join(5)
 
 
-def read_history(directory: Path) -> tuple[list[Window], list[dict[str, Any]]]:
-    """Windows from every thread's log; a lease never ended counts until its valid_until."""
+def read_history(directory: Path) -> tuple[list[Window], list[dict[str, Any]], list[Grant]]:
+    """Windows, tallies and fences from every thread's log; a lease never ended counts
+    until its valid_until."""
     acquired: dict[str, dict[str, Any]] = {}
     ended: dict[str, dict[str, Any]] = {}
     tallies: list[dict[str, Any]] = []
@@ -207,18 +220,20 @@ def read_history(directory: Path) -> tuple[list[Window], list[dict[str, Any]]]:
                 ended[record["token"]] = record
             else:
                 tallies.append(record)
-    windows = []
+    windows, grants = [], []
     for token, a in acquired.items():
         e = ended.get(token)
         end = a["until"] if e is None else min(e["until"], e["end"])
         windows.append(Window(a["key"], a["holder"], token, a["start"], end))
-    return windows, tallies
+        if a.get("fence") is not None:
+            grants.append(Grant(a["key"], a["holder"], token, a["fence"], a["start"], a["asked"]))
+    return windows, tallies, grants
 
 
 def holding_now(directory: Path, phase: str) -> list[int]:
     """Indices of the client processes with a lease handed over, not yet ended, and
     still valid (read from the histories as they are being written)."""
-    windows, _ = read_history(directory)
+    windows, _, _ = read_history(directory)
     now = time.monotonic()
     prefix = f"{phase}.p"
     return sorted(

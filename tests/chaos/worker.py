@@ -5,7 +5,9 @@ thread appends its history to a file of its own, one JSON object per line, flush
 once, so a process that is SIGSTOPped or killed loses nothing it had already seen:
 
 - ``acq``: a lease handed over: token, key, holder, ``start`` (CLOCK_MONOTONIC read right
-  after ``acquire`` returned) and ``until`` (the lease's ``valid_until``, same clock);
+  after ``acquire`` returned), ``until`` (the lease's ``valid_until``, same clock), its
+  ``fence`` and ``asked``, when its winning round began (``valid_until`` less the TTL
+  net of drift, as the algorithm counts it: no grant it was minted from came earlier);
 - ``end``: the holder stops: ``end`` read *before* ``release`` is called, and the lease's
   ``until`` then (renewals may have moved it);
 - ``stats``: what the thread's attempts came to, once, at the end.
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from celery_redlock import Lock, LockLost, QuorumUnavailable, Redlock
+from celery_redlock._core import quorum
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,7 @@ def attempt(dlm: Redlock, plan: ClientPlan, rng: random.Random, tally: Tally, lo
         return
     start = time.monotonic()
     tally.acquired += 1
+    until = valid_until(lock)
     write(
         log,
         "acq",
@@ -145,7 +149,9 @@ def attempt(dlm: Redlock, plan: ClientPlan, rng: random.Random, tally: Tally, lo
         key=lock.key,
         holder=tally.holder,
         start=start,
-        until=valid_until(lock),
+        until=until,
+        fence=lock.fence,
+        asked=until - quorum.valid_until(0.0, plan.ttl, dlm.settings.drift_factor) - 1e-6,
     )
     time.sleep(rng.uniform(*plan.hold))
     end = time.monotonic()

@@ -25,6 +25,8 @@ SCHEDULES = {
     "restart-delayed": 250,
     "restart-persistent": 250,
     "restart-mixed-guards": 250,
+    "restart-short-guard": 60,
+    "clocks-apart": 120,
 }
 
 
@@ -59,10 +61,11 @@ def replay(scenarios: list[str], seed: int, trace: bool, budget: Budget) -> int:
         for line in result.log or ():
             print(line)
         print(f"{scenario} seed {seed}: {result.windows} windows, {result.events} events,")
-        print(f"  faults {dict(result.faults)}, {len(result.overlaps)} overlaps")
-        for overlap in result.overlaps:
-            print(f"  {overlap}")
-        bad += bool(result.overlaps)
+        print(f"  faults {dict(result.faults)}, {len(result.overlaps)} overlaps,")
+        print(f"  {result.grants} fences, {len(result.regressions)} regressions")
+        for finding in [*result.overlaps, *result.regressions]:
+            print(f"  {finding}")
+        bad += bool(result.overlaps or result.regressions)
     return 1 if bad else 0
 
 

@@ -8,7 +8,8 @@ while ``now <= T + ttl`` (Redis expires when ``now > when``), which is where the
 expiry slack in :data:`~celery_redlock._core.quorum.CLOCK_PRECISION` comes from.
 
 Fence counters are kept as ``protocol.ACQUIRE`` and ``protocol.FENCE`` keep them: one per
-key, counted up by each fenced grant, re-armed for ``FENCE_TTL_MS`` by every write, seeded
+key, counted up by each fenced grant, re-armed for ``FENCE_TTL_MS`` (or a schedule's
+shorter ``fence_ttl_ms``) by every write, seeded
 when absent from the master's clock in whole seconds times a million.
 
 Crashes lose every key, counter and the boot marker unless the master is persistent (AOF with
@@ -38,6 +39,9 @@ class SimMaster:
     clock: Clock
     persistent: bool = False
     name: str = ""
+    #: how long a fence counter outlives its last write (ms): the scripts' FENCE_TTL_MS,
+    #: unless a schedule shortens it to see counters expire within its horizon
+    fence_ttl_ms: int = FENCE_TTL_MS
     #: key -> (token, expiry in the master's ms)
     keys: dict[str, tuple[str, int]] = field(default_factory=dict)
     #: key -> (its fence counter, expiry in the master's ms)
@@ -145,7 +149,7 @@ class SimMaster:
         return self.fences[key][0] if key in self.fences else None
 
     def _count(self, key: str, now: int, fence: int) -> int:
-        self.fences[key] = (fence, now + FENCE_TTL_MS)
+        self.fences[key] = (fence, now + self.fence_ttl_ms)
         return fence
 
     def _queued(self, call: Call, now: int) -> list[int]:

@@ -12,6 +12,17 @@ Scenarios come in families that share their draws, so a hazard and its mitigatio
   ``restart-delayed`` (guard off, every crashed master stays down longer than the TTL)
   and ``restart-persistent`` (guard off, AOF with fsync always); ``restart-mixed-guards``
   is ``restart-guarded`` with clients of two TTLs and two restart guards.
+- ``restart-short-guard``: ``restart-guarded`` with a guard (and TTL) under a second: the
+  lock holds, fences do not (a counter lost is re-seeded within the same second).
+- ``clocks-apart``: ``restart-delayed`` on masters whose wall clocks are days apart: the
+  lock holds, fences do not (counters are re-seeded from the wall clock).
+
+Every client asks for a fence; both promises are checked (no overlap, rising fences).
+The masters' wall clocks start within 10 ms of one epoch, as NTP keeps hosts, and some
+schedules shorten the fence counters' TTL to 1.1 or 1.5 TTL so that counters expire (and
+are re-seeded) during long holds; every one of them stays above the second plus the
+clocks' differences that the seeding rule needs, as every restart guard and delay does
+except the mixed guards' short ones.
 
 Every TTL-like duration is in TTLs; the TTL is 1 virtual second.
 """
@@ -25,7 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from celery_redlock._core import quorum
-from tests.history import Overlap, find_overlaps
+from celery_redlock._core.protocol import FENCE_TTL_MS
+from tests.history import Overlap, Regression, find_fence_regressions, find_overlaps
 from tests.simulation.driver import SimClient
 from tests.simulation.engine import Clock, Loop, NetParams, Network
 from tests.simulation.master import SimMaster
@@ -33,6 +45,10 @@ from tests.simulation.workload import Habits, workload
 from tests.simulation.world import World
 
 TTL = 1.0
+
+#: Where the masters' wall clocks stand at true time 0 (seconds since 1970, as Redis's
+#: TIME): fences are seeded from them, so their origins matter, not only their rates.
+EPOCH = 1.8e9
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +96,11 @@ class Params:
     habits: Habits = field(default_factory=Habits)
     #: when set, every other client uses this TTL and restart guard (in TTLs) instead
     short_guard: float = 0.0
+    #: the masters' wall clocks start within this many seconds of EPOCH (NTP-kept hosts)
+    wall_apart: float = 0.01
+    #: how long fence counters outlive their last write, in TTLs (0: FENCE_TTL_MS, which
+    #: no schedule outlives); short ones expire within the horizon and are re-seeded
+    fence_ttl: float = 0.0
 
     def habits_of(self, client: int) -> Habits:
         if self.short_guard and client % 2:
@@ -148,7 +169,13 @@ def safe(rng: random.Random) -> Params:
         p = replace(p, habits=replace(p.habits, guard=0.0))
     else:
         faults = replace(faults, persistent=rng.choice((0.0, 0.5)), restart_after=(0.001, 2.0))
-    return replace(p, faults=faults)
+    return replace(p, faults=faults, fence_ttl=_fence_ttl(rng))
+
+
+def _fence_ttl(rng: random.Random) -> float:
+    """Production's counter TTL, or one short enough to expire during long holds: still
+    more than a second, plus the masters' clock differences, as the seeding rule needs."""
+    return rng.choice((0.0, 1.1, 1.5))
 
 
 def drift(rng: random.Random) -> Params:
@@ -167,7 +194,8 @@ def restart(rng: random.Random) -> Params:
     p = _base(rng)
     habits = replace(_habits(rng), guard=0.0, hold=1.5, think=0.05, blocking=0.3)
     faults = Faults(crash_every=rng.uniform(0.08, 0.2), restart_after=(0.001, 0.02))
-    return replace(p, masters=rng.choice((3, 5)), faults=faults, habits=habits)
+    p = replace(p, masters=rng.choice((3, 5)), faults=faults, habits=habits)
+    return replace(p, fence_ttl=_fence_ttl(rng))
 
 
 def restart_guarded(rng: random.Random) -> Params:
@@ -193,6 +221,22 @@ def restart_mixed_guards(rng: random.Random) -> Params:
     return replace(p, clients=max(p.clients, 2), short_guard=rng.choice((0.2, 0.3, 0.5)))
 
 
+def restart_short_guard(rng: random.Random) -> Params:
+    """``restart-guarded`` with a TTL and a restart guard of 0.3 TTL (settings the lock
+    accepts), up to two masters down: the lock holds, but a counter lost in a restart is
+    re-seeded from whole seconds less than a second later, where it started before."""
+    p = restart_guarded(rng)
+    habits = replace(p.habits, ttl=0.3 * TTL, guard=0.3 * TTL)
+    return replace(p, habits=habits, faults=replace(p.faults, max_down=2))
+
+
+def clocks_apart(rng: random.Random) -> Params:
+    """``restart-delayed`` on masters whose wall clocks are up to 11 days apart: the lock
+    is as safe (expiry reads only clock rates), but a counter re-seeded (after a restart
+    or its expiry) on a master whose clock is behind starts below fences handed out."""
+    return replace(restart_delayed(rng), wall_apart=1e6)
+
+
 #: scenario -> (family whose draws it shares, how to draw it, whether it must stay safe)
 SCENARIOS: dict[str, tuple[str, Callable[[random.Random], Params], bool]] = {
     "safe": ("safe", safe, True),
@@ -203,6 +247,8 @@ SCENARIOS: dict[str, tuple[str, Callable[[random.Random], Params], bool]] = {
     "restart-delayed": ("restart", restart_delayed, True),
     "restart-persistent": ("restart", restart_persistent, True),
     "restart-mixed-guards": ("restart", restart_mixed_guards, True),
+    "restart-short-guard": ("restart", restart_short_guard, False),
+    "clocks-apart": ("restart", clocks_apart, False),
 }
 
 
@@ -211,12 +257,14 @@ SCENARIOS: dict[str, tuple[str, Callable[[random.Random], Params], bool]] = {
 
 @dataclass(slots=True)
 class Result:
-    """What one schedule did and whether it kept the promise."""
+    """What one schedule did and whether it kept the promises."""
 
     scenario: str
     seed: int
     overlaps: list[Overlap]
     windows: int
+    regressions: list[Regression]
+    grants: int  # fenced leases handed over
     faults: Counter[str]
     outages: int
     events: int
@@ -242,8 +290,14 @@ def run(scenario: str, seed: int, budget: Budget = CI, *, trace: bool = False) -
     params, rng = draw(scenario, seed)
     loop = Loop()
     net = Network(loop, random.Random(rng.getrandbits(64)), params.net)
+    fence_ttl_ms = quorum.ttl_ms(params.fence_ttl * TTL) if params.fence_ttl else FENCE_TTL_MS
     masters = [
-        SimMaster(i, _clock(rng, params.spread, 1e6), rng.random() < params.faults.persistent)
+        SimMaster(
+            i,
+            _wall_clock(rng, params.spread, params.wall_apart),
+            rng.random() < params.faults.persistent,
+            fence_ttl_ms=fence_ttl_ms,
+        )
         for i in range(params.masters)
     ]
     world = World(loop, net, masters, params.master_timeout, log=[] if trace else None)
@@ -263,6 +317,8 @@ def run(scenario: str, seed: int, budget: Budget = CI, *, trace: bool = False) -
         seed,
         find_overlaps(windows),
         len(windows),
+        find_fence_regressions(world.history.grants),
+        len(world.history.grants),
         faults,
         sum(c.stats.outages for c in clients),
         loop.events,
@@ -272,8 +328,14 @@ def run(scenario: str, seed: int, budget: Budget = CI, *, trace: bool = False) -
 
 
 def _clock(rng: random.Random, spread: float, origin: float) -> Clock:
-    """A clock reading somewhere in ``[origin, 2 * origin)`` at true time 0."""
+    """A clock reading somewhere in ``[origin, 2 * origin)`` at true time 0 (a client's
+    monotonic clock: its origin means nothing)."""
     return Clock(rng.uniform(1 - spread, 1 + spread), origin * (1 + rng.random()))
+
+
+def _wall_clock(rng: random.Random, spread: float, apart: float) -> Clock:
+    """A master's wall clock: ``EPOCH`` plus up to ``apart`` seconds at true time 0."""
+    return Clock(rng.uniform(1 - spread, 1 + spread), EPOCH + apart * rng.random())
 
 
 # --- the fault plan ------------------------------------------------------------------------

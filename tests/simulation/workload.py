@@ -43,7 +43,7 @@ def workload(client: SimClient, policy: quorum.Policy, habits: Habits) -> Worklo
         blocking = rng.random() < habits.blocking
         timeout = rng.uniform(0, 3 * ttl) if blocking else None
         req = quorum.AcquireRequest(
-            resource, KEY_PREFIX + resource, ttl, blocking, timeout, habits.guard
+            resource, KEY_PREFIX + resource, ttl, blocking, timeout, habits.guard, fencing=True
         )
         try:
             lease = yield Run(quorum.acquire(req, policy, client.context))

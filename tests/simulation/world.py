@@ -14,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from celery_redlock._core import replies
 from celery_redlock._core.protocol import Call, Outcome
 from celery_redlock._core.quorum import Lease, Vote
-from tests.history import Window
+from tests.history import Grant, Window
 from tests.simulation.engine import Action, Loop, Network
 from tests.simulation.master import SimMaster
 
@@ -39,14 +40,19 @@ class Holding:
 
 @dataclass(slots=True)
 class SimHistory:
-    """Every validity window, in true time (which only the simulator can read)."""
+    """Every validity window and every fence handed over, in true time (which only the
+    simulator can read: a fence is handed over at the very moment the algorithm returns
+    it, so its ``Grant`` is asked and handed at that moment)."""
 
     open: dict[str, Holding] = field(default_factory=dict)
     windows: list[Window] = field(default_factory=list)
+    grants: list[Grant] = field(default_factory=list)
 
     def acquired(self, client: SimClient, lease: Lease, now: float) -> None:
         until = client.clock.true_at(lease.valid_until)
         self.open[lease.token] = Holding(lease.key, client.name, lease.token, now, until)
+        if lease.fence is not None:
+            self.grants.append(Grant(lease.key, client.name, lease.token, lease.fence, now, now))
 
     def extended(self, client: SimClient, lease: Lease) -> None:
         self.open[lease.token].valid_until = client.clock.true_at(lease.valid_until)
@@ -112,14 +118,13 @@ class World:
         who: str,
     ) -> None:
         raw, woken = master.execute(call, self.loop.now)
-        reply = call.parse(raw)
         if self.log is not None:
             self.trace(
                 f"{master.name} {call.verb.value} {call.token or call.key} from {who}: {raw}"
             )
         if woken is not None:
             self._publish(master, woken)
-        vote = Vote(master.name, reply.outcome, reply.pttl_ms, guard_ms=reply.guard_ms)
+        vote = replies.vote_of(master.name, call, raw, None, Vote(master.name, Outcome.YES))
         self._answer(link, master.index, on_vote, vote)
 
     def _answer(
