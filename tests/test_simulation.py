@@ -51,6 +51,7 @@ def seeds(scenario: str) -> range:
         "restart-delayed",
         "restart-persistent",
         "restart-mixed-guards",
+        "restart-short-guard",
     ],
 )
 def test_no_two_holders_and_rising_fences_where_the_assumptions_hold(scenario: str) -> None:
@@ -100,20 +101,28 @@ def test_fences_seeded_from_wall_clocks_days_apart_are_caught() -> None:
     assert not explore("restart-delayed", broken, BUDGET).failing
 
 
-def test_fences_re_seeded_within_a_second_of_a_short_restart_guard_are_caught() -> None:
+def test_seeds_in_whole_seconds_after_a_short_restart_guard_are_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A restart guard under a second (0.3 s here, which the settings accept) keeps the
-    lock safe, but a counter lost in the restart is re-seeded from the same whole second
-    as before: fences repeat. The seeding rule needs the guard to exceed a second plus the
-    masters' clock differences (the 60 s default does); the checker sees where it does not."""
+    lock safe; a counter lost in the restart, re-seeded from whole seconds, would start
+    where it did before the restart, and fences repeat. The checker sees it when the seed
+    loses its microseconds after the guard too, and the same seeds rise with the rule."""
+    monkeypatch.setattr(SimMaster, "PRECISE_SEED_MS", 0)
     summary = explore("restart-short-guard", seeds("restart-short-guard"), BUDGET)
     assert summary.regressing, "fences re-seeded in the same second rose: the checker is blind"
     assert not summary.overlapping, summary.explain()
+    broken = [r.seed for r in summary.regressing]
+    monkeypatch.undo()
+    assert not explore("restart-short-guard", broken, BUDGET).failing
 
 
-def _highest_grant(_call: Call, votes: Sequence[Vote], _need: int) -> quorum.Algorithm:
+def _highest_grant(
+    _call: Call, _votes: Sequence[Vote], fence: int, _agreed: int, _need: int
+) -> quorum.Algorithm:
     """The naive rule: the highest counter among the granting masters, never written
-    back (a generator, as ``quorum._fence`` is, that sends nothing)."""
-    return max((v.fence or 0 for v in votes if v.outcome is Outcome.YES), default=0), ()
+    back where they disagree (a generator, as ``quorum._fence`` is, that sends nothing)."""
+    return fence, ()
     yield  # pragma: no cover
 
 

@@ -117,14 +117,16 @@ def parse_marker(raw: bytes | str | None) -> Marker | None:
 FENCE_PREFIX = "__celery_redlock_fence__:"
 
 #: How long a key's fence counter outlives the last grant or write-back that touched it
-#: (ms). A counter that is gone (expired, or lost with the master's data) is re-seeded
-#: from the master's clock in whole seconds, times a million (``_FENCE_COUNTER``): larger
-#: than any fence a counter seeded a second or more earlier could have reached at fewer
-#: than a million grants a second (no Redis runs scripts that fast), so a fence never
-#: goes backwards while the masters' clocks agree to within this much, less a second (and,
-#: for a master that restarted empty, within its restart guard). Short, because
-#: per-argument locks make keys without bound: the counters kept are those of the keys
-#: granted in the last ten minutes.
+#: (ms). A counter that is gone (new, expired, or lost with the master's data) is seeded
+#: from the master's clock in microseconds (``ACQUIRE``): larger than any fence minted
+#: earlier by a master whose clock was no further ahead, since no Redis counts a million
+#: grants a second. The seed is whole seconds (the microseconds dropped), so that masters
+#: seeding one key in one round agree and no write-back is needed, except in the second
+#: after a restart guard ends, when a restarted master may seed within a second of the
+#: last fence it granted: then the seed keeps its microseconds. So a fence never goes
+#: backwards while the masters' wall clocks agree to within the restart guard (and this
+#: much, less a second). Short, because per-argument locks make keys without bound: the
+#: counters kept are those of the keys granted in the last ten minutes.
 FENCE_TTL_MS = 600_000
 
 
@@ -177,8 +179,10 @@ end
 # (which they would reset, making the master abstain again during a rolling upgrade).
 #
 # A fenced grant counts one more on the key's counter (a re-armed grant of our own token
-# counted already), seeding an absent counter from the clock (see FENCE_TTL_MS); the
-# counter is read before anything is written, so a refused one leaves the lock untaken.
+# counted already), seeding an absent counter from the clock, in whole seconds times a
+# million, or to the microsecond within a second of the guard's end (see FENCE_TTL_MS);
+# the counter is read before anything is written, so a refused one leaves the lock
+# untaken.
 ACQUIRE = Script(
     _FENCE_COUNTER
     + """
@@ -186,6 +190,7 @@ local declared = tonumber(ARGV[3])
 local fencing = tonumber(ARGV[4]) > 0
 local longer = 0
 local counter = nil
+local precise = 0
 if declared > 0 or fencing then
     if redis.replicate_commands then redis.replicate_commands() end
 end
@@ -218,12 +223,19 @@ if declared > 0 then
     if now < boot + guard then
         return {2, boot + guard - now, longer}
     end
+    if now < boot + guard + 1000 then
+        precise = 1
+    end
 end
 local function fenced(step)
     if not fencing then
         return 0
     end
-    local n = counter and counter + step or tonumber(redis.call('TIME')[1]) * 1000000
+    local n = counter and counter + step
+    if not n then
+        local t = redis.call('TIME')
+        n = t[1] * 1000000 + precise * t[2]
+    end
     redis.call('SET', KEYS[3], string.format('%.0f', n), 'PX', ARGV[4])
     return n
 end
@@ -531,16 +543,27 @@ def _peeked(reply: Any) -> Reply:
 def _acquired(reply: Any) -> Reply:
     """An acquire's reply: ``{won, pttl, guard}``, and a grant's fence fourth (0 when not
     fenced); a guard of 0 is the one declared."""
+    if reply == _PLAIN_GRANT:  # the common replies first, in as few steps as they allow
+        return GRANTED
     won, pttl, guard = reply[:3]
+    if won == 1 and guard == 0 and len(reply) == 4:
+        return _granted(reply[3])
     longer = int(guard) or None
     if won == 1:
         fence = (_fence_of(reply[3]) or None) if len(reply) > 3 else None
-        return (
-            GRANTED
-            if longer is None and fence is None
-            else Reply(Outcome.YES, guard_ms=longer, fence=fence)
-        )
+        return Reply(Outcome.YES, guard_ms=longer, fence=fence)
     return Reply(_ACQUIRE_OUTCOMES[won], int(pttl), guard_ms=longer)
+
+
+def _granted(fence: Any) -> Reply:
+    """A fenced grant's reply. The masters of one round mostly answer the same fence, so
+    the last one made is kept and handed out again (a reply is read for every master)."""
+    global _last_grant  # noqa: PLW0603 - one slot, replaced whole: safe between threads
+    last = _last_grant
+    if last.fence == fence and type(fence) is int:
+        return last
+    last = _last_grant = Reply(Outcome.YES, None, None, None, None, _fence_of(fence) or None)
+    return last
 
 
 def _fenced(reply: Any, fence: int) -> Reply:
@@ -568,6 +591,8 @@ _ACQUIRE = Verb.ACQUIRE
 #: The common replies, made once: a reply is parsed for every master in every round.
 GRANTED = Reply(Outcome.YES)
 REFUSED = Reply(Outcome.NO)
+_PLAIN_GRANT = [1, 0, 0, 0]  # an unfenced grant, as the master sends it
+_last_grant = GRANTED
 
 
 def loads() -> list[tuple[str, str, str]]:

@@ -385,7 +385,9 @@ def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
         verdict = count.verdict(in_time=ctx.clock() < until)
         unfenced: Sequence[Vote] = ()
         if verdict is Verdict.WON and req.fencing:
-            fence, unfenced = yield from _fence(call, votes, policy.quorum)
+            fence, agreed = highest_fence(votes)
+            if agreed < policy.quorum:
+                fence, unfenced = yield from _fence(call, votes, fence, agreed, policy.quorum)
             if fence and ctx.clock() < until:
                 return Lease(req.resource, req.key, token, req.ttl, until, tuple(votes), fence)
             verdict = Verdict.OUTAGE  # too few masters took the fence in time: ask again
@@ -454,26 +456,38 @@ def _acquire_call(req: AcquireRequest, token: str, ttl: int, guard: int, waiter:
     return Call(verb, req.key, token, ttl, guard, waiter, req.fencing)
 
 
-def _fence(call: Call, votes: Sequence[Vote], need: int) -> Algorithm:
-    """The fence of a won round: the highest counter its grants reached, once a quorum
-    of the granting masters holds at least that much.
+def highest_fence(votes: Sequence[Vote]) -> tuple[int, int]:
+    """The highest fence counter a round's grants reached (0: none), and how many of the
+    grants reached it."""
+    fence = agreed = 0
+    for vote in votes:
+        counted = vote.fence
+        if counted is None or vote.outcome is not Outcome.YES:
+            continue
+        if counted > fence:
+            fence, agreed = counted, 1
+        elif counted == fence:
+            agreed += 1
+    return fence, agreed
+
+
+def _fence(call: Call, votes: Sequence[Vote], fence: int, agreed: int, need: int) -> Algorithm:
+    """The fence of a won round whose grants do not agree on it (``agreed`` of them
+    reached the highest, ``fence``, fewer than the quorum ``need``): written back, it is
+    the lease's once a quorum of the granting masters holds at least that much.
 
     Any later lease's quorum shares a master with that quorum, where it is granted only
     after this lease's key is gone, so its grant counts past this fence there: later
     fences are higher. The highest grant alone would not do, since counters drift apart
     (a master misses grants while down; a lost round counts on some masters only): a
     later quorum could miss the master that counted highest. When a quorum of grants
-    already agrees on the highest, as when every master saw every grant, nothing more is
-    sent; otherwise the fence is written back in one round to the masters that may hold
-    less (those that granted lower, and those whose grant went unheard), each only while
-    our token still holds the key there (``protocol.FENCE``). Returns the fence and no
-    votes, or 0 and the votes of each master that was counted on (its grant, or its
-    write-back's answer) when a quorum did not take it.
+    already agrees on the highest, as when every master saw every grant, ``acquire`` sends
+    nothing more; here the fence goes in one round to the masters that may hold less
+    (those that granted lower, and those whose grant went unheard), each only while our
+    token still holds the key there (``protocol.FENCE``). Returns the fence and no votes,
+    or 0 and the votes of each master that was counted on (its grant, or its write-back's
+    answer) when a quorum did not take it.
     """
-    fence = max((v.fence or 0 for v in votes if v.outcome is Outcome.YES), default=0)
-    agreed = sum(v.outcome is Outcome.YES and v.fence == fence for v in votes)
-    if agreed >= need and fence:
-        return fence, ()
     behind = tuple(
         i
         for i, v in enumerate(votes)

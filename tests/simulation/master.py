@@ -9,8 +9,9 @@ expiry slack in :data:`~celery_redlock._core.quorum.CLOCK_PRECISION` comes from.
 
 Fence counters are kept as ``protocol.ACQUIRE`` and ``protocol.FENCE`` keep them: one per
 key, counted up by each fenced grant, re-armed for ``FENCE_TTL_MS`` (or a schedule's
-shorter ``fence_ttl_ms``) by every write, seeded
-when absent from the master's clock in whole seconds times a million.
+shorter ``fence_ttl_ms``) by every write, seeded when absent from the master's clock in
+microseconds: whole seconds' worth, except within ``PRECISE_SEED_MS`` of its restart guard's
+end.
 
 Crashes lose every key, counter and the boot marker unless the master is persistent (AOF with
 fsync always: nothing acknowledged is lost, expiry times are absolute and keep running
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from celery_redlock._core.protocol import FENCE_TTL_MS, QUEUE_TTL_MS, Call, Verb
 from tests.simulation.engine import Action, Clock
@@ -42,6 +43,9 @@ class SimMaster:
     #: how long a fence counter outlives its last write (ms): the scripts' FENCE_TTL_MS,
     #: unless a schedule shortens it to see counters expire within its horizon
     fence_ttl_ms: int = FENCE_TTL_MS
+    #: As ACQUIRE's: a seed keeps its microseconds this long after the guard's end (a
+    #: class attribute, so that a test can take it away and watch fences repeat).
+    PRECISE_SEED_MS: ClassVar[int] = 1000
     #: key -> (token, expiry in the master's ms)
     keys: dict[str, tuple[str, int]] = field(default_factory=dict)
     #: key -> (its fence counter, expiry in the master's ms)
@@ -100,11 +104,12 @@ class SimMaster:
     def execute(self, call: Call, true_time: float) -> tuple[Any, str | None]:
         """Run one call atomically; returns (raw reply, the channel a release woke)."""
         now = self.now_ms(true_time)
+        now_us = math.floor(self.clock.read(true_time) * 1_000_000)
         self._expire(call.key, now)
         if call.verb is Verb.ACQUIRE:
-            return self._acquire(call, now), None
+            return self._acquire(call, now, now_us), None
         if call.verb is Verb.QUEUED:
-            return self._queued(call, now), None
+            return self._queued(call, now, now_us), None
         entry = self.keys.get(call.key)
         ours = entry is not None and entry[0] == call.token
         if call.verb is Verb.FENCE:
@@ -122,11 +127,12 @@ class SimMaster:
             return 1, self._wake(call.key) if call.verb is Verb.RELEASE else None
         return (-2 if entry is None else entry[1] - now), None
 
-    def _acquire(self, call: Call, now: int) -> list[int]:
+    def _acquire(self, call: Call, now: int, now_us: int) -> list[int]:
         """ACQUIRE, line by line: the guard (BOOT_KEY, keeping the longest declared), SET NX
         PX, or re-arm our own key; the master's guard third where it is longer (else 0),
         and a grant's fence counter fourth (counted one up, unless re-armed)."""
         longer = 0
+        precise = False  # a seed keeps its microseconds in the second after the guard
         counter = self._counter(call.key) if call.fencing else None
         if call.guard_ms > 0:
             if self.boot is None:
@@ -135,13 +141,15 @@ class SimMaster:
             longer = self.guard if self.guard > call.guard_ms else 0
             if now < self.boot + self.guard:
                 return [2, self.boot + self.guard - now, longer]
+            precise = now < self.boot + self.guard + self.PRECISE_SEED_MS
         entry = self.keys.get(call.key)
         if entry is None or entry[0] == call.token:
             self.keys[call.key] = (call.token, now + call.ttl_ms)
             if not call.fencing:
                 return [1, 0, longer, 0]
             step = 1 if entry is None else 0
-            fence = now // 1000 * 1_000_000 if counter is None else counter + step
+            seed = now_us if precise else now_us // 1_000_000 * 1_000_000
+            fence = seed if counter is None else counter + step
             return [1, 0, longer, self._count(call.key, now, fence)]
         return [0, entry[1] - now, longer]
 
@@ -152,10 +160,10 @@ class SimMaster:
         self.fences[key] = (fence, now + self.fence_ttl_ms)
         return fence
 
-    def _queued(self, call: Call, now: int) -> list[int]:
+    def _queued(self, call: Call, now: int, now_us: int) -> list[int]:
         """QUEUED: ACQUIRE, then leave the line if granted, join it (or keep the place in
         it) if refused; the line lives on for QUEUE_TTL_MS."""
-        reply = self._acquire(call, now)
+        reply = self._acquire(call, now, now_us)
         line, _expiry = self.lines.get(call.key, ({}, 0))
         if reply[0] == 1:
             line.pop(call.waiter, None)
