@@ -133,16 +133,7 @@ class Reaper:
         """In a child: note the lock it now holds (a no-op outside prefork children)."""
         if not self._child:
             return
-        data = _RECORD % (_quote(task_id), _quote(resource), _quote(token))
-        mapped = self._record_map(len(data) + 1)
-        if mapped is None:
-            return
-        # Emptied first and its first byte put back last: the record is either whole or
-        # reads as empty, also when it replaces one that was never forgotten.
-        mapped[0:1] = b"\0"
-        mapped[1 : len(data) + 1] = data[1:] + b"\0"
-        mapped[0:1] = data[:1]
-        self._current = task_id
+        self._write(task_id, _RECORD % (_quote(task_id), _quote(resource), _quote(token)))
 
     def note_lost(self, task_id: str, resource: str, token: str, lost: str) -> None:
         """In a child about to kill itself for a lost lock (``lock_on_lost="kill"``): the
@@ -150,10 +141,15 @@ class Reaper:
         if not self._child:
             return
         entry = {"task_id": task_id, "resource": resource, "token": token, "lost": lost}
-        data = json.dumps(entry).encode()
+        self._write(task_id, json.dumps(entry).encode())
+
+    def _write(self, task_id: str, data: bytes) -> None:
+        """Put ``data`` in this child's record, for ``task_id``'s run."""
         mapped = self._record_map(len(data) + 1)
         if mapped is None:
             return
+        # Emptied first and its first byte put back last: the record is either whole or
+        # reads as empty, also when it replaces one that was never forgotten.
         mapped[0:1] = b"\0"
         mapped[1 : len(data) + 1] = data[1:] + b"\0"
         mapped[0:1] = data[:1]
