@@ -98,25 +98,25 @@ def test_the_asyncio_driver_mints_from_the_same_counters(
 
 def test_agreeing_masters_cost_no_round_more(fresh3: RedisGroup, resource: str) -> None:
     """A lock whose grants agree takes one round, fence included; the fence is written
-    back in one more only when they disagree, and only to the masters behind."""
+    back in one more only when they disagree, and only to the masters that may be behind."""
     dlm = Redlock(fresh3.urls)
     key = fence_key(f"redlock:{resource}")
     for server in fresh3:
         server.client().set(key, 7_000, px=FENCE_TTL_MS)
     fence, rounds = rounds_of(dlm, resource)
-    assert fence == 7_001
+    assert fence == 7_001  # whichever two answered first: they agree
     assert [r.call.verb for r in rounds] == [Verb.ACQUIRE]
 
-    fresh3[1].client().set(key, 8_000, px=FENCE_TTL_MS)  # one master ahead
+    # No two masters agree now, whichever two the round hears first.
+    for server, value in zip(fresh3, (8_000, 9_000, 7_500), strict=True):
+        server.client().set(key, value, px=FENCE_TTL_MS)
     fence, rounds = rounds_of(dlm, resource)
-    assert fence == 8_001
     assert [r.call.verb for r in rounds] == [Verb.ACQUIRE, Verb.FENCE]
-    assert rounds[1].targets == (0, 2)
-    assert rounds[1].call.fence == 8_001
-    assert counters(fresh3, resource) == [8_001] * 3
-
-    fence, rounds = rounds_of(dlm, resource)  # agreed again
-    assert (fence, [r.call.verb for r in rounds]) == (8_002, [Verb.ACQUIRE])
+    assert fence in (8_001, 9_001)  # the highest the round heard
+    assert rounds[1].call.fence == fence
+    highest = 1 if fence == 9_001 else 0
+    assert highest not in (rounds[1].targets or ())  # the master that counted it is not told
+    assert sum(c is not None and c >= fence for c in counters(fresh3, resource)) >= 2
     dlm.close()
 
 
@@ -171,8 +171,9 @@ def test_a_master_that_restarts_empty_mints_no_lower_fence(
     time.sleep(1.6)
     after = fences(dlm, resource, 1)
     assert after[0] > before[-1]
-    # The two that restarted agree on their seed: a quorum, so the third is not told.
-    assert [counters(fresh3, resource)[i] for i in (0, 1)] == [after[0]] * 2
+    # Seeded to the microsecond (the guard just ended), the masters may disagree: the
+    # fence is written back until a quorum holds it.
+    assert sum(c is not None and c >= after[0] for c in counters(fresh3, resource)) >= 2
     dlm.close()
 
 
@@ -217,12 +218,16 @@ def test_a_counter_that_is_no_count_is_an_error_vote_naming_it(
     lock = dlm.acquire(resource, 5)  # two good masters still make a quorum
     assert lock is not None
     assert lock.fence is not None
-    bad = lock.votes[0]
-    assert bad.error is not None
-    assert f"fence counter {key} holds" in bad.error
-    assert "not a count below 2^53" in bad.error
     assert fresh3[0].client().get(f"redlock:{resource}") is None  # nothing taken there
     lock.release()
+    fresh3[2].pause()  # now the round must read the bad master's vote
+    try:
+        with pytest.raises(QuorumUnavailable) as caught:
+            dlm.acquire(resource, 5)
+    finally:
+        fresh3[2].resume()
+    assert f"fence counter {key} holds 'not a number'" in str(caught.value).replace('"', "'")
+    assert "not a count below 2^53" in str(caught.value)
 
     for i in (1, 2):
         fresh3[i].client().set(key, str(2**53))  # past what the counters may reach
