@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -23,6 +24,16 @@ from celery_redlock import (
 from celery_redlock._core import quorum
 from celery_redlock._core.protocol import permit_key, permit_line, queue_key
 from celery_redlock.testing import RedisGroup
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until true (for undos, which are sent without waiting)."""
+    pause = threading.Event()
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return True
+        pause.wait(0.01)
+    return predicate()
 
 
 def slots_on(group: RedisGroup, key: str, limit: int) -> list[list[bytes | None]]:
@@ -175,6 +186,53 @@ def test_a_lost_permit_is_reported_by_its_renewal(fresh3: RedisGroup, resource: 
         for server in fresh3:
             with server.client() as client:
                 assert client.get(permit.key) == b"someone-else"
+
+
+# --- votes are counted per slot ---------------------------------------------------------
+
+
+def hold_slots(group: RedisGroup, key: str, held: list[list[int]]) -> None:
+    """Write a foreign holder into the given slots of each master, as others' permits."""
+    for server, slots in zip(group, held, strict=True):
+        with server.client() as client:
+            for slot in slots:
+                client.set(permit_key(key, slot), "another-holder", px=60_000)
+
+
+def test_grants_of_different_slots_are_no_permit(fresh3: RedisGroup, resource: str) -> None:
+    """The case a count of holders per master gets wrong: with 3 permits, each master has
+    one free slot, a different one on each. Every master grants, no slot has a quorum: no
+    permit (a count per master would admit us everywhere), and every grant is undone."""
+    with Redlock(fresh3.urls, retry_count=2, retry_delay=0.01) as dlm:
+        key = dlm.settings.key(resource)
+        hold_slots(fresh3, key, [[0, 1], [1, 2], [0, 2]])
+        assert dlm.semaphore(resource, 30, limit=3) is None
+        assert dlm.semaphore(resource, 30, limit=3, blocking=True, timeout=0.3) is None
+        expected = [[b"another-holder", b"another-holder", None], [None] + [b"another-holder"] * 2]
+        expected.append([b"another-holder", None, b"another-holder"])
+        assert wait_for(lambda: slots_on(fresh3, key, 3) == expected)
+
+
+def test_the_slot_a_quorum_granted_wins_and_the_others_are_undone(
+    fresh3: RedisGroup, resource: str
+) -> None:
+    """Two masters have a different slot held: whichever order the client tries, one
+    slot gets a quorum of grants and the permit is its; the master that granted the other
+    slot has that grant undone, so each master holds our token on the won slot at most."""
+    with Redlock(fresh3.urls) as dlm:
+        key = dlm.settings.key(resource)
+        hold_slots(fresh3, key, [[0], [1], []])
+        permit = dlm.semaphore(resource, 30, limit=2)
+        assert permit is not None
+        won = int(permit.key.rsplit(":", 1)[1])
+        token = permit.token.encode()
+
+        def other_slot_undone() -> bool:
+            return all(stored[1 - won] != token for stored in slots_on(fresh3, key, 2))
+
+        assert wait_for(other_slot_undone)
+        assert sum(stored[won] == token for stored in slots_on(fresh3, key, 2)) == 2
+        assert permit.release()
 
 
 # --- outages and slow masters -----------------------------------------------------------
