@@ -30,7 +30,7 @@ from tests.simulation.__main__ import SCHEDULES
 from tests.simulation.engine import Clock
 from tests.simulation.explore import explore
 from tests.simulation.master import SimMaster
-from tests.simulation.scenarios import BOUNDED_SPREAD, CI, SOAK, run
+from tests.simulation.scenarios import BOUNDED_SPREAD, CI, SOAK, draw, run
 
 SOAK_MODE = os.environ.get("REDLOCK_SIM_SOAK") == "1"
 BUDGET = SOAK if SOAK_MODE else CI
@@ -157,6 +157,9 @@ def test_the_naive_per_master_count_is_caught(monkeypatch: pytest.MonkeyPatch) -
     crowded = [r.seed for r in summary.crowded]
     assert crowded, "the naive semaphore went unnoticed: the checker is blind"
     assert " permits of " in summary.explain()
+    # where the theory says a count per master fails: several permits, several masters
+    drawn = [draw("permits", seed)[0] for seed in crowded]
+    assert all(p.habits.limit >= 2 and p.masters >= 3 for p in drawn)
     monkeypatch.undo()
     assert not explore("permits", crowded, BUDGET).failing
 

@@ -214,7 +214,7 @@ class SimMaster:
             tried = self._acquire(call._replace(key=call.slots[position]), now, now_us)
             if tried[0] == 1:
                 return [*tried, position]
-            if tried[0] == 2:
+            if tried[0] == 2:  # abstains: the restart guard is every slot's
                 return tried
             if soonest is None or 0 <= tried[1] < soonest[1] or soonest[1] < 0:
                 soonest = tried
@@ -231,8 +231,9 @@ class SimMaster:
         free = [s for s in call.slots if s not in self.keys]
         if not mine and not free:
             return [0, min(self.keys[s][1] - now for s in held), 0]
-        filed = (mine or free)[0]
-        self._acquire(call._replace(key=filed), now, now_us)
+        tried = self._acquire(call._replace(key=(mine or free)[0]), now, now_us)
+        if tried[0] != 1:  # abstains: the restart guard is kept, only the count is naive
+            return tried
         asked = call.slots[0]
         fence = self._count(asked, now, (self._counter(asked) or 0) + 1) if call.fencing else 0
         return [1, 0, 0, fence, 0]
