@@ -872,7 +872,8 @@ class Redlock(ManagerBase):
         "Concurrency limits in the core"), so its handle is a :class:`Lock`: released,
         extended, renewed, fenced (per slot) and lost as a lock is. ``blocking=True``
         waiters are woken by the release of any slot. Holders that pass different limits
-        for one resource share its first slots: each is then held to its own limit.
+        for one resource share its first slots: a permit is given only while one of the
+        caller's first ``limit`` slots is free, and the total never exceeds the largest.
         """
         req, renewal = self._permits(resource, ttl, limit, options)
         return self._held(req, renewal)
