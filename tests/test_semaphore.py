@@ -7,6 +7,7 @@ how long anything took, so a loaded machine can slow these tests but not fail th
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from collections.abc import Callable
 
@@ -22,7 +23,8 @@ from celery_redlock import (
     Redlock,
 )
 from celery_redlock._core import quorum
-from celery_redlock._core.protocol import permit_key, permit_line, queue_key
+from celery_redlock._core.protocol import Outcome, Verb, permit_key, permit_line, queue_key
+from celery_redlock._core.quorum import Vote
 from celery_redlock.testing import RedisGroup
 
 
@@ -233,6 +235,79 @@ def test_the_slot_a_quorum_granted_wins_and_the_others_are_undone(
         assert wait_for(other_slot_undone)
         assert sum(stored[won] == token for stored in slots_on(fresh3, key, 2)) == 2
         assert permit.release()
+
+
+# --- the algorithm alone, fed votes (no masters) ----------------------------------------
+
+
+YES, NO, ERROR = Outcome.YES, Outcome.NO, Outcome.ERROR
+
+
+def first_round(limit: int, retry_count: int = 0) -> tuple[quorum.Algorithm, quorum.Round]:
+    req = quorum.AcquireRequest("r", "k", 10.0, limit=limit)
+    policy = quorum.Policy(3, 0.01, retry_count, 0.01)
+    ctx = quorum.Context(lambda: 0.0, random.Random(0), lambda: "t")
+    algorithm = quorum.acquire(req, policy, ctx)
+    effect = next(algorithm)
+    assert isinstance(effect, quorum.Round)
+    return algorithm, effect
+
+
+def test_each_attempt_asks_every_master_for_the_slots_in_one_rotated_order() -> None:
+    _algorithm, rnd = first_round(4)
+    call = rnd.call
+    assert call.verb is Verb.PERMIT
+    assert rnd.targets is None  # every master, one script each
+    first = int(call.slots[0].rsplit(":", 1)[1])
+    assert call.slots == tuple(permit_key("k", (first + i) % 4) for i in range(4))
+    assert call.key == permit_line("k")
+
+
+def test_a_quorum_of_one_slot_wins_and_the_other_grant_is_undone() -> None:
+    algorithm, rnd = first_round(3)
+    a, b, _c = rnd.call.slots
+    undo = algorithm.send(
+        [Vote("m0", YES, slot=b), Vote("m1", YES, slot=a), Vote("m2", YES, slot=b)]
+    )
+    assert isinstance(undo, quorum.Round)
+    assert (undo.call.verb, undo.targets, undo.wait) == (Verb.UNDO, (1,), False)
+    assert set(undo.call.slots) == set(rnd.call.slots) - {b}
+    with pytest.raises(StopIteration) as won:
+        algorithm.send([])
+    lease = won.value.value
+    assert (lease.key, lease.line) == (b, permit_line("k"))
+    assert [v.outcome for v in lease.votes] == [YES, NO, YES]  # m1 voted for another slot
+
+
+def test_grants_spread_over_slots_are_a_split_not_a_permit() -> None:
+    algorithm, rnd = first_round(3)
+    a, b, c = rnd.call.slots
+    undo = algorithm.send(
+        [Vote("m0", YES, slot=a), Vote("m1", YES, slot=b), Vote("m2", YES, slot=c)]
+    )
+    assert isinstance(undo, quorum.Round)
+    assert (undo.call.verb, undo.targets, undo.call.slots) == (Verb.UNDO, (0, 1, 2), (a, b, c))
+    with pytest.raises(StopIteration) as lost:
+        algorithm.send([])
+    assert lost.value.value is None  # non-blocking, no retries left: not an outage
+
+
+def test_all_slots_refused_by_a_quorum_is_held_and_too_few_answers_an_outage() -> None:
+    algorithm, _rnd = first_round(2)
+    undo = algorithm.send([Vote("m0", NO, 50), Vote("m1", NO, 80), Vote("m2", ERROR, error="down")])
+    assert isinstance(undo, quorum.Round)
+    assert undo.targets == (2,)  # the master we did not hear from may have granted one
+    with pytest.raises(StopIteration) as held:
+        algorithm.send([])
+    assert held.value.value is None
+    algorithm, _rnd = first_round(2)
+    undo = algorithm.send(
+        [Vote("m0", NO, 50), Vote("m1", ERROR, error="down"), Vote("m2", ERROR, error="down")]
+    )
+    assert isinstance(undo, quorum.Round)
+    assert undo.call.verb is Verb.UNDO
+    with pytest.raises(QuorumUnavailable):
+        algorithm.send([])
 
 
 # --- outages and slow masters -----------------------------------------------------------
