@@ -243,7 +243,9 @@ class Context:
 class Lease(NamedTuple):
     """What a won round proves: ``token`` holds ``key`` on a quorum until ``valid_until``
     (on the context's clock), and, when fenced, that no earlier lease of ``key`` had a
-    fence as high as ``fence``. A named tuple, as the per-round values are (see ``Call``)."""
+    fence as high as ``fence``. A permit's ``key`` is its slot's, and ``line`` names the
+    semaphore's waiters, whom its release wakes. A named tuple, as the per-round values
+    are (see ``Call``)."""
 
     resource: str
     key: str
@@ -252,7 +254,7 @@ class Lease(NamedTuple):
     valid_until: float
     votes: tuple[Vote, ...] = ()
     fence: int | None = None
-    line: str = ""  # a permit's: whose waiters its release wakes (``permit_line``), not key's
+    line: str = ""  # a permit's: whose waiters its release wakes (``permit_line``)
 
 
 class AcquireRequest(NamedTuple):
@@ -375,6 +377,10 @@ def free_in(votes: Sequence[Vote], need: int) -> float:
 
 def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
     """Win ``req.key`` on a quorum; returns a :class:`Lease`, or None when it stays held.
+
+    With ``req.limit`` set, a semaphore's permit: each round asks for the first free one of
+    ``limit`` slot keys, and the lease is on the slot a quorum granted (``_best_slot``);
+    the rest (verdicts, fences, undo, retries, waiting) is the lock's, slot for key.
 
     Raises :class:`QuorumUnavailable` when rounds keep failing for want of answers.
     """
