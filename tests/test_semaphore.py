@@ -152,10 +152,10 @@ def test_fences_rise_per_slot(dlm: Redlock, resource: str) -> None:
 
 
 def test_auto_renewal_keeps_a_permit_past_its_ttl(dlm: Redlock, resource: str) -> None:
-    permit = dlm.semaphore(resource, 0.3, limit=1, auto_renew=True, renew_every=0.05)
+    permit = dlm.semaphore(resource, 1, limit=1, auto_renew=True, renew_every=0.1)
     assert permit is not None
     done = threading.Event()
-    done.wait(0.6)  # twice the TTL: only renewals keep it
+    done.wait(1.5)  # past the TTL: only renewals keep it (each has 0.9 s to land)
     assert permit.valid
     assert permit.lost is None
     assert dlm.semaphore(resource, 30, limit=1) is None
