@@ -9,6 +9,10 @@ Kleppmann's hazard; its window honestly ends at ``valid_until``, and the fence a
 A fence's promise is an order (:func:`find_fence_regressions`): of two fenced leases of
 one key, the one handed over later has the strictly larger fence, so a resource that
 keeps the highest fence it saw rejects every write of an earlier holder, frozen or not.
+
+A semaphore's promise is a count (:func:`find_crowds`): at no moment are more than its
+limit of validity windows open on its slot keys (``<key>:permit:<i>``) together. Each
+slot is also a lock, checked as one by :func:`find_overlaps`.
 """
 
 from __future__ import annotations
@@ -144,3 +148,46 @@ def _regressions(grants: list[Grant]) -> Iterator[Regression]:
         twin = first.setdefault(grant.fence, grant)
         if twin is not grant and grant.token not in reported:
             yield Regression(twin, grant)
+
+
+@dataclass(frozen=True, slots=True)
+class Crowd:
+    """More than ``limit`` permits of one semaphore valid at once: the windows open at the
+    moment the ``limit + 1``-th began."""
+
+    semaphore: str
+    limit: int
+    windows: tuple[Window, ...]
+
+    def __str__(self) -> str:
+        held = "; ".join(map(str, self.windows))
+        return f"{self.semaphore}: {len(self.windows)} permits of {self.limit} at once: {held}"
+
+
+def semaphore_of(key: str) -> str | None:
+    """The semaphore whose slot ``key`` is (``protocol.permit_key``), or None for a lock."""
+    base, sep, slot = key.rpartition(":permit:")
+    return base if sep and slot.isdigit() else None
+
+
+def find_crowds(windows: Iterable[Window], limit: int) -> list[Crowd]:
+    """Every moment a window opened on a semaphore's slots while ``limit`` others were
+    open on them already (touching ends do not count; empty windows held nothing).
+
+    Per semaphore, a sweep in start order keeps the windows still open, as
+    :func:`find_overlaps` does per key, but across all of its slots.
+    """
+    by_semaphore: dict[str, list[Window]] = defaultdict(list)
+    for window in windows:
+        semaphore = semaphore_of(window.key)
+        if semaphore is not None and window.end > window.start:
+            by_semaphore[semaphore].append(window)
+    found: list[Crowd] = []
+    for semaphore in sorted(by_semaphore):
+        open_: list[Window] = []
+        for window in sorted(by_semaphore[semaphore], key=lambda w: (w.start, w.end)):
+            open_ = [w for w in open_ if w.end > window.start]
+            open_.append(window)
+            if len(open_) > limit:
+                found.append(Crowd(semaphore, limit, tuple(open_)))
+    return found

@@ -215,6 +215,31 @@ CASES: list[tuple[str, Callable[[], object], str]] = [
         "resource must be a string, not NoneType",
     ),
     (
+        "semaphore(r, 10, limit=0)",
+        lambda: dlm().semaphore("r", 10, limit=0),
+        "limit must be an integer from 1 to 1000, not 0",
+    ),
+    (
+        "semaphore(r, 10, limit=True)",
+        lambda: dlm().semaphore("r", 10, limit=True),
+        "limit must be an integer from 1 to 1000, not True",
+    ),
+    (
+        "semaphore(r, 10, limit=1001)",
+        lambda: dlm().semaphore("r", 10, limit=1001),
+        "limit must be an integer from 1 to 1000, not 1001",
+    ),
+    (
+        "permit(r, 10, limit=0)",
+        lambda: dlm().permit("r", 10, limit=0).__enter__(),
+        "limit must be an integer from 1 to 1000, not 0",
+    ),
+    (
+        "AsyncRedlock(masters).semaphore(r, 10, limit=0)",
+        lambda: asyncio.run(AsyncRedlock(M3).semaphore("r", 10, limit=0)),
+        "limit must be an integer from 1 to 1000, not 0",
+    ),
+    (
         'AsyncRedlock(masters).release(r, "")',
         lambda: asyncio.run(AsyncRedlock(M3).release("r", "")),
         "token must be a non-empty string",

@@ -6,7 +6,8 @@ replays it. Set ``REDLOCK_SIM_SOAK=1`` for ten times as many, each four times lo
 The hazard tests are as important as the safety ones: a checker that never finds
 anything proves nothing, so schedules that break the algorithm's assumptions (clocks
 far apart, masters restarting empty with no guard, masters' wall clocks days apart) must
-be caught, and so must a naive way of minting fences.
+be caught, and so must a naive way of minting fences, and the naive semaphore (a count
+of holders per master) that the slots design replaces.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from celery_redlock._core import quorum
 from celery_redlock._core.protocol import Call, Outcome, Verb
 from celery_redlock._core.quorum import Vote
 from celery_redlock.testing import RedisServer
-from tests.history import Grant, Window, find_fence_regressions, find_overlaps
+from tests.history import Grant, Window, find_crowds, find_fence_regressions, find_overlaps
 from tests.simulation.__main__ import SCHEDULES
 from tests.simulation.engine import Clock
 from tests.simulation.explore import explore
 from tests.simulation.master import SimMaster
-from tests.simulation.scenarios import BOUNDED_SPREAD, CI, SOAK, run
+from tests.simulation.scenarios import BOUNDED_SPREAD, CI, SOAK, draw, run
 
 SOAK_MODE = os.environ.get("REDLOCK_SIM_SOAK") == "1"
 BUDGET = SOAK if SOAK_MODE else CI
@@ -138,6 +139,31 @@ def test_the_highest_grant_alone_as_the_fence_is_caught(monkeypatch: pytest.Monk
     assert not explore("safe", broken, BUDGET).failing
 
 
+def test_never_more_permits_than_the_limit_under_every_fault() -> None:
+    """Semaphores of 1 to 3 permits under ``safe``'s faults, more clients than permits:
+    never more than the limit valid at once, every permit fenced on its slot."""
+    summary = explore("permits", seeds("permits"), BUDGET)
+    assert not summary.failing, summary.explain()
+    assert summary.windows > 2 * summary.schedules  # permits were handed out, and often
+    assert summary.grants == summary.windows
+
+
+def test_the_naive_per_master_count_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Masters that admit while fewer than ``limit`` holders are on them, a quorum of
+    admissions winning (``SimMaster.NAIVE_PERMITS``), hand out more permits than the
+    limit, and the checker sees it; the same seeds keep to the limit with the slots."""
+    monkeypatch.setattr(SimMaster, "NAIVE_PERMITS", True)
+    summary = explore("permits", seeds("permits"), BUDGET)
+    crowded = [r.seed for r in summary.crowded]
+    assert crowded, "the naive semaphore went unnoticed: the checker is blind"
+    assert " permits of " in summary.explain()
+    # where the theory says a count per master fails: several permits, several masters
+    drawn = [draw("permits", seed)[0] for seed in crowded]
+    assert all(p.habits.limit >= 2 and p.masters >= 3 for p in drawn)
+    monkeypatch.undo()
+    assert not explore("permits", crowded, BUDGET).failing
+
+
 # --- replay ---------------------------------------------------------------------------------
 
 
@@ -187,6 +213,21 @@ def test_the_fence_checker_compares_each_lease_with_those_handed_over_before_it_
     found = [(r.earlier.token, r.later.token) for r in find_fence_regressions(grants)]
     assert sorted(found) == [("t2", "t3"), ("t5", "t6"), ("t5", "t7")]
     assert "fence 15" in str(find_fence_regressions(grants)[0])
+
+
+def test_the_crowd_checker_counts_open_permits_per_semaphore() -> None:
+    windows = [
+        Window("s:permit:0", "a", "t1", 0.0, 2.0),
+        Window("s:permit:1", "b", "t2", 0.5, 1.0),
+        Window("s:permit:1", "c", "t3", 1.0, 3.0),  # touches b's end: two at once, fine
+        Window("s:permit:2", "d", "t4", 1.5, 2.5),  # with a and c: three of two
+        Window("u:permit:0", "e", "t5", 1.5, 2.5),  # another semaphore
+        Window("s", "f", "t6", 0.0, 9.0),  # a lock on the same resource: not a permit
+        Window("s:permit:3", "g", "t7", 1.2, 1.2),  # empty: held nothing
+    ]
+    found = find_crowds(windows, 2)
+    assert [[w.token for w in c.windows] for c in found] == [["t1", "t3", "t4"]]
+    assert "3 permits of 2 at once" in str(found[0])
 
 
 # --- the simulated master is the real scripts ----------------------------------------------
@@ -271,6 +312,48 @@ def test_the_simulated_fence_counters_count_as_the_scripts_do() -> None:
             assert abs(seed / 1_000_000 - time.time()) < 60
             relative = [None if f is None else f - seed for f in fences]
             assert relative == [0, 0, None, 0, None, None, 1, None, None, None, None, 2]
+
+
+def test_the_simulated_permits_answer_as_the_real_script() -> None:
+    """PERMIT on both: the first free slot in the order given, a re-arm of our own slot
+    (however the order changed), refusals with the soonest expiry, the restart guard;
+    a semaphore's UNDO frees only our token's slots, and its RELEASE wakes its line."""
+    a, b, c = ("s:permit:0", "s:permit:1", "s:permit:2")
+
+    def permit(token: str, *slots: str, guard: int = 0) -> Call:
+        return Call(Verb.PERMIT, "s:permits", token, 10_000, guard, "", True, 0, slots)
+
+    calls = [
+        permit("t1", b, c, a),  # b
+        permit("t2", b, c, a),  # c
+        permit("t1", a, b, c),  # ours already: b re-armed, not a
+        permit("t3", a, b, c),  # a
+        permit("t4", c, a, b),  # all held
+        Call(Verb.UNDO, "s:permits", "t2", slots=(a, b, c)),  # frees c only
+        permit("t4", a, b, c),  # c
+        Call(Verb.RELEASE, b, "t1", line="s:permits"),
+        permit("t5", a, b, c),  # b
+        None,  # FLUSHALL: the marker is gone
+        permit("t6", a, b, c, guard=30_000),  # abstains
+    ]
+    sim = SimMaster(0, Clock(1.0, time.time()))
+    granted: list[str | None] = []
+    with RedisServer() as server, server.client() as client:
+        for call in calls:
+            if call is None:
+                client.flushall()
+                sim.crash()
+                sim.restart()
+                continue
+            real = call.parse(client.execute_command(*call.fallback()))
+            modelled = call.parse(sim.execute(call, 0.0)[0])
+            assert (real.outcome, real.slot) == (modelled.outcome, modelled.slot), call
+            assert (real.fence is None) == (modelled.fence is None), call
+            if real.pttl_ms is not None and modelled.pttl_ms is not None:
+                assert abs(real.pttl_ms - modelled.pttl_ms) < 5_000, call
+            if call.verb is Verb.PERMIT:
+                granted.append(real.slot if real.outcome is Outcome.YES else real.outcome.value)
+    assert granted == [b, c, b, a, "no", c, b, "abstain"]
 
 
 # --- the arithmetic the simulation relies on -----------------------------------------------

@@ -504,7 +504,7 @@ class AsyncLock(HandleBase["AsyncRedlock"]):
             if self._renewer is not None:
                 self._renewer.cancel()
         released, votes = await self._manager._driver.run(
-            quorum.release(self.key, self.token, self._manager.policy)
+            quorum.release(self.key, self.token, self._manager.policy, self._lease.line)
         )
         return self._manager._released(self.resource, released, votes)
 
@@ -553,6 +553,28 @@ class AsyncRedlock(ManagerBase):
     ) -> AsyncLock | None:
         """Lock ``resource`` for ``ttl`` seconds; see :meth:`Redlock.acquire`."""
         req, renewal = self._acquisition(resource, ttl, options)
+        return await self._held(req, renewal)
+
+    async def semaphore(
+        self, resource: str, ttl: Seconds, *, limit: int, **options: Unpack[AcquireOptions]
+    ) -> AsyncLock | None:
+        """One of ``limit`` permits on ``resource``; see :meth:`Redlock.semaphore`."""
+        req, renewal = self._permits(resource, ttl, limit, options)
+        return await self._held(req, renewal)
+
+    @contextlib.asynccontextmanager
+    async def permit(
+        self, resource: str, ttl: Seconds, *, limit: int, **options: Unpack[AcquireOptions]
+    ) -> AsyncIterator[AsyncLock]:
+        """``async with dlm.permit(...)``; raises :class:`LockNotAcquired` if all are held."""
+        permit = await self.semaphore(resource, ttl, limit=limit, **options)
+        if permit is None:
+            raise self._not_acquired(resource, limit)
+        async with permit:
+            yield permit
+
+    async def _held(self, req: quorum.AcquireRequest, renewal: Renewal | None) -> AsyncLock | None:
+        """The one acquisition every form goes through: the round(s), then the handle."""
         lease = await self._driver.run(quorum.acquire(req, self.policy, self._ctx))
         if lease is None:
             return None

@@ -51,6 +51,10 @@ class AcquireOptions(TypedDict, total=False):
     fencing: bool | None
 
 
+#: The most permits a semaphore may have: each attempt names every slot to every master
+#: (two keys a slot, in one script run), so a limit is a few thousand keys at most.
+MAX_LIMIT = 1000
+
 #: What ``acquire`` accepts, checked at each call as Python checks a signature.
 _OPTION_NAMES = frozenset(AcquireOptions.__annotations__)
 
@@ -133,10 +137,11 @@ class ManagerBase:
         return token
 
     def _acquisition(
-        self, resource: str, ttl: Seconds, options: AcquireOptions
+        self, resource: str, ttl: Seconds, options: AcquireOptions, limit: int = 0
     ) -> tuple[AcquireRequest, Renewal | None]:
         """An ``acquire`` call's arguments, checked before any round: the request for
-        :func:`quorum.acquire` and the renewal its lock gets (None: not renewed)."""
+        :func:`quorum.acquire` and the renewal its lock gets (None: not renewed); a
+        ``semaphore`` call's with its ``limit`` (0: a lock)."""
         if not _OPTION_NAMES.issuperset(options):
             name = min(set(options) - _OPTION_NAMES)
             raise TypeError(f"acquire() got an unexpected keyword argument {name!r}")
@@ -158,8 +163,19 @@ class ManagerBase:
             self.settings.restart_guard,
             owner or "",
             self._fencing(options.get("fencing")),
+            limit,
         )
         return req, self._renewal(req.ttl, options)
+
+    def _permits(
+        self, resource: str, ttl: Seconds, limit: int, options: AcquireOptions
+    ) -> tuple[AcquireRequest, Renewal | None]:
+        """A ``semaphore`` call's arguments: ``acquire``'s, and a limit checked first."""
+        if type(limit) is not int or not 1 <= limit <= MAX_LIMIT:
+            raise ConfigurationError(
+                f"limit must be an integer from 1 to {MAX_LIMIT}, not {limit!r}"
+            )
+        return self._acquisition(resource, ttl, options, limit)
 
     def _fencing(self, given: bool | None) -> bool:
         """Whether an acquisition mints a fence: as asked, else as the settings say."""
@@ -181,6 +197,10 @@ class ManagerBase:
         hold = None if max_hold is None else seconds(max_hold, "max_hold")
         return Renewal(every, hold, options.get("on_lost"))
 
-    def _not_acquired(self, resource: str) -> LockNotAcquired:
-        """What ``lock()`` raises instead of entering its block when others hold it."""
+    def _not_acquired(self, resource: str, limit: int = 0) -> LockNotAcquired:
+        """What ``lock()`` raises instead of entering its block when others hold it (and
+        ``permit()`` when ``limit`` others hold every permit)."""
+        if limit:
+            message = f"all {limit} permits of {resource!r} are held"
+            return LockNotAcquired(message, resource=resource)
         return LockNotAcquired(f"{resource!r} is locked by another holder", resource=resource)

@@ -34,7 +34,8 @@ class Reply(NamedTuple):
     peek the holder's owner text (never the token's secret part), for a release that
     deleted the key but could not wake the next waiter, why (the master's error), for
     an acquire the master's restart guard (ms) where it is longer than the one declared,
-    and for a fenced grant (or a fence's write-back) the master's fence counter."""
+    for a fenced grant (or a fence's write-back) the master's fence counter, and for a
+    permit's grant the slot key granted."""
 
     outcome: Outcome
     pttl_ms: int | None = None
@@ -42,6 +43,7 @@ class Reply(NamedTuple):
     note: str | None = None
     guard_ms: int | None = None
     fence: int | None = None
+    slot: str | None = None
 
 
 class Vote(NamedTuple):
@@ -54,6 +56,7 @@ class Vote(NamedTuple):
     owner: str | None = None
     guard_ms: int | None = None  # the master's restart guard, where longer than declared
     fence: int | None = None  # a fenced grant's counter on this master (see protocol.FENCE)
+    slot: str | None = None  # a permit's grant: the slot key this master gave us (PERMIT)
 
     def __str__(self) -> str:
         if self.outcome is Outcome.ERROR:
@@ -374,16 +377,20 @@ return 1
 )
 
 
-# KEYS[1] lock key; ARGV[1] token.
-# Returns 1 when the key held our token and was deleted, else 0. Undoes a lost round
-# without waking anyone: the lock was never ours, so nobody waits for this deletion, and
-# the waiter it would wake would only race the winner (or the sender) and lose.
+# KEYS the lock keys (one, or a semaphore's slots); ARGV[1] token.
+# Returns how many of the keys held our token and were deleted (for one key: 1, else
+# 0). Undoes a lost round without waking anyone: the lock was never ours, so nobody
+# waits for this deletion, and the waiter it would wake would only race the winner (or
+# the sender) and lose.
 UNDO = Script(
     """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
+local undone = 0
+for _, key in ipairs(KEYS) do
+    if redis.call('GET', key) == ARGV[1] then
+        undone = undone + redis.call('DEL', key)
+    end
 end
-return 0
+return undone
 """,
 )
 
@@ -412,6 +419,85 @@ return reply
 )
 
 
+def permit_key(key: str, slot: int) -> str:
+    """The key of slot ``slot`` (0 to limit - 1) of the semaphore on ``key``: an ordinary
+    lock key, so that a permit is a lease on it and every lock verb works on it unchanged."""
+    return f"{key}:permit:{slot}"
+
+
+def permit_line(key: str) -> str:
+    """The name whose line of waiters (``queue_key``) and channels (``waiter_channel``)
+    a semaphore on ``key`` uses, for all its slots alike: not ``key``'s own, so that a lock
+    and a semaphore on one resource never wake each other's waiters."""
+    return f"{key}:permits"
+
+
+# KEYS[1] the boot marker; KEYS[2] the semaphore's line of waiters; then for each slot,
+# in the order to try them, its key and its fence counter. ARGV: ACQUIRE's (token, ttl,
+# restart guard, fence counter ttl), then the waiter's channel ("" for none).
+# A permit: ACQUIRE's own text runs unchanged on each slot in turn, given the KEYS and
+# ARGV it expects, until one grants. Returns ACQUIRE's reply with, on a grant, the
+# slot's position in KEYS order fifth (0 for the first slot given): {1, 0, guard, fence,
+# position}; when every slot is held, {0, pttl, guard} with the soonest expiry among
+# them; {2, ms, guard} while the master abstains (the guard is the master's, so the first
+# slot's abstention is every slot's). A slot that already holds our token is re-armed
+# first, so a call run twice (a reply lost, the call sent again) takes one slot, not two.
+# A waiter (ARGV[5] not empty) leaves the semaphore's one line when granted, and joins it
+# (or keeps its place) when refused, as QUEUED does for a key: a release of any slot wakes
+# the oldest waiter in it (RELEASE with this line as its KEYS[2]).
+PERMIT = Script(
+    f"""
+local boot, line, waiter = KEYS[1], KEYS[2], ARGV[5]
+local slots = {{}}
+for i = 3, #KEYS, 2 do
+    slots[#slots + 1] = {{KEYS[i], KEYS[i + 1]}}
+end
+if redis.replicate_commands then redis.replicate_commands() end
+local acquire = function()
+{ACQUIRE.source}
+end
+local function try(position)
+    KEYS[1], KEYS[2], KEYS[3] = slots[position][1], boot, slots[position][2]
+    local reply = acquire()
+    if reply[1] == 1 then
+        reply[4] = reply[4] or 0
+        reply[5] = position - 1
+    end
+    return reply
+end
+local reply = nil
+for position, slot in ipairs(slots) do
+    if redis.call('GET', slot[1]) == ARGV[1] then
+        reply = try(position)
+        break
+    end
+end
+local soonest = nil
+if not reply then
+    for position = 1, #slots do
+        local tried = try(position)
+        if tried[1] ~= 0 then
+            reply = tried
+            break
+        end
+        if not soonest or (tried[2] >= 0 and (soonest[2] < 0 or tried[2] < soonest[2])) then
+            soonest = tried
+        end
+    end
+end
+reply = reply or soonest
+if waiter ~= '' and reply[1] == 1 then
+    redis.call('ZREM', line, waiter)
+elseif waiter ~= '' and reply[1] == 0 then
+    local t = redis.call('TIME')
+    redis.call('ZADD', line, 'NX', string.format('%.0f', t[1] * 1000000 + t[2]), waiter)
+    redis.call('PEXPIRE', line, {QUEUE_TTL_MS})
+end
+return {{reply[1], reply[2], reply[3], reply[4], reply[5]}}
+""",
+)
+
+
 class Verb(Enum):
     """What a call asks of a master."""
 
@@ -421,6 +507,7 @@ class Verb(Enum):
     RELEASE = "release"
     UNDO = "undo"
     FENCE = "fence"  # a fence's write-back (see FENCE)
+    PERMIT = "permit"  # a semaphore's acquire: the first free slot of several (see PERMIT)
     INSPECT = "inspect"
     PEEK = "peek"
 
@@ -432,6 +519,7 @@ _SCRIPTS = {
     Verb.RELEASE: RELEASE,
     Verb.UNDO: UNDO,
     Verb.FENCE: FENCE,
+    Verb.PERMIT: PERMIT,
 }
 
 
@@ -450,6 +538,9 @@ class Call(NamedTuple):
     waiter: str = ""  # QUEUED: the waiter's channel (see waiter_channel)
     fencing: bool = False  # ACQUIRE, QUEUED: count the grant on the key's fence counter
     fence: int = 0  # FENCE: the fence to raise the counter to
+    #: PERMIT: the slot keys in the order to try them; UNDO: the keys to undo (not ``key``)
+    slots: tuple[str, ...] = ()
+    line: str = ""  # RELEASE: whose line of waiters to wake (a semaphore's), not ``key``'s
 
     @property
     def safe_anytime(self) -> bool:
@@ -478,7 +569,7 @@ class Call(NamedTuple):
         and the key count are packed once per verb (packing every argument anew was a
         fifth of a round's Python work)."""
         head = _HEADS.get(self.verb._name_)  # by name: an Enum's __hash__ is Python code
-        if head is None:
+        if head is None or self.slots or self.line:
             return pack(self.command())
         key = self.key.encode()
         parts = [key, self.token.encode()]
@@ -497,18 +588,23 @@ class Call(NamedTuple):
         return ("EVAL", _SCRIPTS[self.verb].source, *self._keys_and_argv())
 
     def _keys_and_argv(self) -> tuple[Any, ...]:
-        if self.verb is Verb.ACQUIRE:
+        if self.verb is Verb.ACQUIRE or self.verb is Verb.PERMIT:
             fence_ttl = FENCE_TTL_MS if self.fencing else 0
-            args = (self.token, self.ttl_ms, self.guard_ms, fence_ttl)
-            return (3, self.key, BOOT_KEY, fence_key(self.key), *args)
+            args: tuple[Any, ...] = (self.token, self.ttl_ms, self.guard_ms, fence_ttl)
+            keys: tuple[str, ...] = (self.key, BOOT_KEY, fence_key(self.key))
+            if self.verb is Verb.PERMIT:  # ACQUIRE's for each slot in turn (see PERMIT)
+                slots = (k for slot in self.slots for k in (slot, fence_key(slot)))
+                keys = (BOOT_KEY, queue_key(self.key), *slots)
+                args = (*args, self.waiter)
+            return (len(keys), *keys, *args)
         if self.verb is Verb.QUEUED:  # ACQUIRE's, each list with its extra item last
             count, *rest = self._replace(verb=Verb.ACQUIRE)._keys_and_argv()
-            keys, argv = rest[:count], rest[count:]
-            return (count + 1, *keys, queue_key(self.key), *argv, self.waiter)
+            return (count + 1, *rest[:count], queue_key(self.key), *rest[count:], self.waiter)
         if self.verb is Verb.RELEASE:
-            return (2, self.key, queue_key(self.key), self.token)
+            return (2, self.key, queue_key(self.line or self.key), self.token)
         if self.verb is Verb.UNDO:
-            return (1, self.key, self.token)
+            undone = self.slots or (self.key,)
+            return (len(undone), *undone, self.token)
         if self.verb is Verb.FENCE:
             return (2, self.key, fence_key(self.key), self.token, self.fence, FENCE_TTL_MS)
         return (1, self.key, self.token, self.ttl_ms)
@@ -516,8 +612,8 @@ class Call(NamedTuple):
     def parse(self, reply: Any) -> Reply:
         """Turn a master's raw reply into a :class:`Reply`."""
         verb = self.verb
-        if verb is _ACQUIRE or verb is Verb.QUEUED:
-            return _acquired(reply)
+        if verb is _ACQUIRE or verb is Verb.QUEUED or verb is Verb.PERMIT:
+            return _acquired(reply, self.slots)
         if verb is Verb.PEEK:
             return _peeked(reply)
         if verb is Verb.INSPECT:
@@ -540,9 +636,10 @@ def _peeked(reply: Any) -> Reply:
     return Reply(Outcome.YES, owner=reply.decode(errors="replace").partition(":")[2])
 
 
-def _acquired(reply: Any) -> Reply:
+def _acquired(reply: Any, slots: tuple[str, ...] = ()) -> Reply:
     """An acquire's reply: ``{won, pttl, guard}``, and a grant's fence fourth (0 when not
-    fenced); a guard of 0 is the one declared."""
+    fenced), and a permit's grant its slot's position in ``slots`` fifth; a guard of 0 is
+    the one declared."""
     if reply == _PLAIN_GRANT:  # the common replies first, in as few steps as they allow
         return GRANTED
     won, pttl, guard = reply[:3]
@@ -551,7 +648,8 @@ def _acquired(reply: Any) -> Reply:
     longer = int(guard) or None
     if won == 1:
         fence = (_fence_of(reply[3]) or None) if len(reply) > 3 else None
-        return Reply(Outcome.YES, guard_ms=longer, fence=fence)
+        slot = slots[reply[4]] if len(reply) > 4 else None
+        return Reply(Outcome.YES, guard_ms=longer, fence=fence, slot=slot)
     return Reply(_ACQUIRE_OUTCOMES[won], int(pttl), guard_ms=longer)
 
 
@@ -631,10 +729,12 @@ def _head(verb: Verb) -> bytes:
     return pack_head(len(example), example[:3])
 
 
-#: Not for QUEUED and FENCE: only blocked waiters and fences the masters disagreed on
-#: send them, packed generically.
+#: Not for QUEUED, FENCE and PERMIT: only blocked waiters, fences the masters disagreed
+#: on and semaphores send them, packed generically (as are a semaphore's UNDO and RELEASE).
 _HEADS: dict[str, bytes] = {
-    verb._name_: _head(verb) for verb in _SCRIPTS if verb not in (Verb.QUEUED, Verb.FENCE)
+    verb._name_: _head(verb)
+    for verb in _SCRIPTS
+    if verb not in (Verb.QUEUED, Verb.FENCE, Verb.PERMIT)
 }
 
 

@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple, TypeAlias
 
-from celery_redlock._core.protocol import Call, Outcome, Verb, waiter_channel
+from celery_redlock._core.protocol import (
+    Call,
+    Outcome,
+    Verb,
+    permit_key,
+    permit_line,
+    waiter_channel,
+)
 from celery_redlock._core.protocol import Vote as Vote  # noqa: PLC0414 - re-exported
 from celery_redlock.exceptions import LockLost, QuorumUnavailable
 
@@ -236,7 +243,9 @@ class Context:
 class Lease(NamedTuple):
     """What a won round proves: ``token`` holds ``key`` on a quorum until ``valid_until``
     (on the context's clock), and, when fenced, that no earlier lease of ``key`` had a
-    fence as high as ``fence``. A named tuple, as the per-round values are (see ``Call``)."""
+    fence as high as ``fence``. A permit's ``key`` is its slot's, and ``line`` names the
+    semaphore's waiters, whom its release wakes. A named tuple, as the per-round values
+    are (see ``Call``)."""
 
     resource: str
     key: str
@@ -245,6 +254,7 @@ class Lease(NamedTuple):
     valid_until: float
     votes: tuple[Vote, ...] = ()
     fence: int | None = None
+    line: str = ""  # a permit's: whose waiters its release wakes (``permit_line``)
 
 
 class AcquireRequest(NamedTuple):
@@ -256,6 +266,7 @@ class AcquireRequest(NamedTuple):
     restart_guard: float = 0.0
     owner: str = ""  # appended to the random token, for operators listing who holds what
     fencing: bool = False  # mint a fence with the lease (see _fence)
+    limit: int = 0  # a semaphore's number of permits (0: a lock; see _best_slot)
 
 
 def ttl_ms(ttl: float) -> int:
@@ -367,6 +378,10 @@ def free_in(votes: Sequence[Vote], need: int) -> float:
 def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
     """Win ``req.key`` on a quorum; returns a :class:`Lease`, or None when it stays held.
 
+    With ``req.limit`` set, a semaphore's permit: each round asks for the first free one of
+    ``limit`` slot keys, and the lease is on the slot a quorum granted (``_best_slot``);
+    the rest (verdicts, fences, undo, retries, waiting) is the lock's, slot for key.
+
     Raises :class:`QuorumUnavailable` when rounds keep failing for want of answers.
     """
     deadline = None if req.timeout is None else ctx.clock() + req.timeout
@@ -377,24 +392,31 @@ def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
         token = f"{ctx.new_token()}:{req.owner}" if req.owner else ctx.new_token()
         guard = max(own_guard, ctx.guards.ms) if own_guard else 0
         start = ctx.clock()
-        call = _acquire_call(req, token, wire_ttl, guard, seen.waiter)
+        call = _acquire_call(req, token, wire_ttl, guard, waiter=seen.waiter, rng=ctx.rng)
         sent = yield Round(call)
         votes = _within_longest_guard(sent, guard, ctx.guards) if guard else sent
         until = valid_until(start, req.ttl, policy.drift_factor)
         count = Count(votes, policy.masters)
         verdict = count.verdict(in_time=ctx.clock() < until)
+        key, granted = (req.key, votes) if not req.limit else _best_slot(req.key, votes)
+        verdict = _slot_verdict(verdict, granted, policy) if req.limit else verdict
         unfenced: Sequence[Vote] = ()
+        if verdict is Verdict.WON:
+            lease = Lease(req.resource, key, token, req.ttl, until, tuple(granted), line=call.line)
+            if req.limit:
+                yield from _undo(key, token, sent, _others(call.slots, key), lost=False)
         if verdict is Verdict.WON and req.fencing:
-            fence, agreed = highest_fence(votes)
+            fence, agreed = highest_fence(granted)
             if agreed < policy.quorum:
-                fence, unfenced = yield from _fence(call, votes, fence, agreed, policy.quorum)
+                on_slot = call._replace(key=key)
+                fence, unfenced = yield from _fence(on_slot, granted, fence, agreed, policy.quorum)
             if fence and ctx.clock() < until:
-                return Lease(req.resource, req.key, token, req.ttl, until, tuple(votes), fence)
+                return lease._replace(fence=fence)
             verdict = Verdict.OUTAGE  # too few masters took the fence in time: ask again
-            unfenced = unfenced or votes
+            unfenced = unfenced or granted
         elif verdict is Verdict.WON:
-            return Lease(req.resource, req.key, token, req.ttl, until, tuple(votes))
-        yield from _undo(req.key, token, sent)
+            return lease
+        yield from _undo(req.key, token, sent, call.slots)
         left = None if deadline is None else deadline - ctx.clock()
         step = next_step(
             req,
@@ -445,15 +467,63 @@ def _hear_quorum(woken: int, need: int) -> Algorithm:
         woken += more
 
 
-def _acquire_call(req: AcquireRequest, token: str, ttl: int, guard: int, waiter: str) -> Call:
+def _acquire_call(
+    req: AcquireRequest, token: str, ttl: int, guard: int, *, waiter: str, rng: random.Random
+) -> Call:
     """An acquire; a waiter's also stands in line on every master that refuses it, so that
     a release there wakes the oldest waiter alone, and leaves the line when granted.
 
     The line is only a hint: masters may order it differently, a woken waiter may be
     beaten by another client, and one that died is skipped (nobody hears its channel).
-    The lock key alone decides who holds the lock; the timed poll bounds every wait."""
+    The lock key alone decides who holds the lock; the timed poll bounds every wait.
+
+    A semaphore's (``req.limit`` slots) asks every master for the first free slot in one
+    order, a random rotation of the slots drawn per attempt: every master of the round
+    tries them in the same order, so they tend to grant the same slot, and clients spread
+    out over the slots instead of all contending for slot 0. Its waiters stand in one
+    line for all the slots (``permit_line``), woken by the release of any of them."""
+    if req.limit:
+        first = rng.randrange(req.limit)
+        slots = tuple(permit_key(req.key, (first + i) % req.limit) for i in range(req.limit))
+        line = permit_line(req.key)
+        return Call(Verb.PERMIT, line, token, ttl, guard, waiter, req.fencing, 0, slots, line)
     verb = Verb.QUEUED if waiter else Verb.ACQUIRE
     return Call(verb, req.key, token, ttl, guard, waiter, req.fencing)
+
+
+def _best_slot(key: str, votes: Sequence[Vote]) -> tuple[str, list[Vote]]:
+    """The slot that most masters granted in a semaphore's round, and the round's votes as
+    votes on that slot alone: a grant of another slot is no vote for it (a refusal).
+
+    This is what makes a semaphore safe on a quorum: a permit is a lease on one slot key,
+    won by a quorum of grants of that key, so two permits of one slot always share a
+    master that granted both, which SET NX forbids while either lives; at most ``limit``
+    slots means at most ``limit`` permits. Counting holders per master instead would not
+    do: with 3 masters and 2 permits, masters admitting {A, B}, {B, C} and {A, C} give
+    each of three clients a majority. Two slots cannot both have a quorum (each master
+    grants one slot per call), so the most granted one is the only one that can win.
+    """
+    slots = Counter(v.slot for v in votes if v.outcome is Outcome.YES)
+    if not slots:
+        return permit_key(key, 0), list(votes)
+    slot = slots.most_common(1)[0][0] or ""
+    return slot, [
+        v if v.outcome is not Outcome.YES or v.slot == slot else v._replace(outcome=Outcome.NO)
+        for v in votes
+    ]
+
+
+def _slot_verdict(verdict: Verdict, granted: Sequence[Vote], policy: Policy) -> Verdict:
+    """A semaphore round's verdict: its votes' (a grant of any slot is a yes, a refusal
+    says every slot is held there), except that a win needs a quorum of one slot: a
+    quorum of grants spread over several slots is a race (split), retried as one."""
+    if verdict is Verdict.WON and Count(granted, policy.masters).yes < policy.quorum:
+        return Verdict.SPLIT
+    return verdict
+
+
+def _others(slots: tuple[str, ...], slot: str) -> tuple[str, ...]:
+    return tuple(s for s in slots if s != slot)
 
 
 def highest_fence(votes: Sequence[Vote]) -> tuple[int, int]:
@@ -531,12 +601,30 @@ def _within_longest_guard(votes: list[Vote], declared: int, guards: Guards) -> l
     ]
 
 
-def _undo(key: str, token: str, votes: Sequence[Vote]) -> Algorithm:
+def _undo(
+    key: str, token: str, votes: Sequence[Vote], slots: tuple[str, ...] = (), lost: bool = True
+) -> Algorithm:
     """Delete a lost round's keys wherever our token may have landed (a yes, or no
     answer), without waiting (the keys expire anyway, and waiting would slow every
-    refusal) and without announcing it (see ``protocol.UNDO``)."""
-    maybe = tuple(i for i, v in enumerate(votes) if v.outcome not in (Outcome.NO, Outcome.ABSTAIN))
-    if maybe:
+    refusal) and without announcing it (see ``protocol.UNDO``).
+
+    A semaphore's round undoes its ``slots`` (all of them when ``lost``; when won, those
+    not won, on the masters that granted one of them or did not answer): a grant is of
+    one slot per master, whichever the script found free, and our token is unique to the
+    round, so deleting it from any slot but the won one can only free a slot we took."""
+    if lost:
+        maybe = tuple(
+            i for i, v in enumerate(votes) if v.outcome not in (Outcome.NO, Outcome.ABSTAIN)
+        )
+    else:
+        maybe = tuple(
+            i
+            for i, v in enumerate(votes)
+            if v.outcome is Outcome.ERROR or (v.outcome is Outcome.YES and v.slot != key)
+        )
+    if maybe and slots:
+        yield Round(Call(Verb.UNDO, key, token, slots=slots), wait=False, targets=maybe)
+    elif maybe and lost:
         yield Round(Call(Verb.UNDO, key, token), wait=False, targets=maybe)
 
 
@@ -607,13 +695,13 @@ def extend(lease: Lease, ttl: float, policy: Policy, ctx: Context) -> Algorithm:
     return Extension(unsure(lease, start, ttl, policy.drift_factor), unknown)
 
 
-def release(key: str, token: str, policy: Policy) -> Algorithm:
+def release(key: str, token: str, policy: Policy, line: str = "") -> Algorithm:
     """Delete our key wherever it holds our token; returns (quorum released?, votes).
 
     Masters whose key holds another token say no and keep it: release can never free a
-    lock that is not ours.
+    lock that is not ours. ``line``: a permit's (``Lease.line``), whose waiters it wakes.
     """
-    votes = yield Round(Call(Verb.RELEASE, key, token))
+    votes = yield Round(Call(Verb.RELEASE, key, token, line=line))
     return Count(votes, policy.masters).yes >= policy.quorum, tuple(votes)
 
 

@@ -41,5 +41,5 @@ def vote_of(name: str, call: Call, reply: Any, problem: str | None, granted: Vot
         return Vote(name, Outcome.ERROR, error=unexpected(reply, exc))
     if parsed is GRANTED:
         return granted
-    outcome, pttl_ms, owner, note, guard_ms, fence = parsed
-    return Vote(name, outcome, pttl_ms, note, owner, guard_ms, fence)
+    outcome, pttl_ms, owner, note, guard_ms, fence, slot = parsed
+    return Vote(name, outcome, pttl_ms, note, owner, guard_ms, fence, slot)

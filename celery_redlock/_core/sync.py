@@ -42,7 +42,7 @@ from redis.exceptions import AuthenticationError, InvalidResponse, RedisError
 from celery_redlock._core import connect, quorum, resp, rounds
 from celery_redlock._core.connect import Endpoint
 from celery_redlock._core.durations import Seconds
-from celery_redlock._core.handle import HandleBase
+from celery_redlock._core.handle import HandleBase, Renewal
 from celery_redlock._core.manager import AcquireOptions, ManagerBase
 from celery_redlock._core.protocol import Call, identify, is_noscript, loads, server_facts
 from celery_redlock._core.quorum import Listen, Round, Vote
@@ -682,7 +682,7 @@ class Lock(HandleBase["Redlock"]):
                 return False
             self._released = True
         released, votes = self._manager._driver.run(
-            quorum.release(self.key, self.token, self._manager.policy)
+            quorum.release(self.key, self.token, self._manager.policy, self._lease.line)
         )
         return self._manager._released(self.resource, released, votes)
 
@@ -849,6 +849,10 @@ class Redlock(ManagerBase):
         :class:`ConfigurationError` for bad arguments.
         """
         req, renewal = self._acquisition(resource, ttl, options)
+        return self._held(req, renewal)
+
+    def _held(self, req: quorum.AcquireRequest, renewal: Renewal | None) -> Lock | None:
+        """The one acquisition every form goes through: the round(s), then the handle."""
         lease = self._driver.run(quorum.acquire(req, self.policy, self._ctx))
         if lease is None:
             return None
@@ -856,6 +860,35 @@ class Redlock(ManagerBase):
         if renewal is not None:
             self._watchdog.add(lock, self.clock() + renewal.every)
         return lock
+
+    def semaphore(
+        self, resource: str, ttl: Seconds, *, limit: int, **options: Unpack[AcquireOptions]
+    ) -> Lock | None:
+        """One of ``limit`` permits on ``resource`` for ``ttl`` seconds; the handle, or None
+        while all ``limit`` are held. Options and errors are :meth:`acquire`'s.
+
+        A permit is a lock on one of the resource's ``limit`` slots (``<key>:permit:<i>``),
+        won in one round as the first free slot on a quorum of masters (README,
+        "Concurrency limits in the core"), so its handle is a :class:`Lock`: released,
+        extended, renewed, fenced (per slot) and lost as a lock is. ``blocking=True``
+        waiters are woken by the release of any slot. Holders that pass different limits
+        for one resource share its first slots: a permit is given only while one of the
+        caller's first ``limit`` slots is free, and the total never exceeds the largest.
+        """
+        req, renewal = self._permits(resource, ttl, limit, options)
+        return self._held(req, renewal)
+
+    @contextlib.contextmanager
+    def permit(
+        self, resource: str, ttl: Seconds, *, limit: int, **options: Unpack[AcquireOptions]
+    ) -> Iterator[Lock]:
+        """``with dlm.permit(...) as permit:`` runs the block holding one of ``limit``
+        permits; raises :class:`LockNotAcquired` instead of entering when all are held."""
+        permit = self.semaphore(resource, ttl, limit=limit, **options)
+        if permit is None:
+            raise self._not_acquired(resource, limit)
+        with permit:
+            yield permit
 
     @contextlib.contextmanager
     def lock(

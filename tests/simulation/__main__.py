@@ -27,6 +27,7 @@ SCHEDULES = {
     "restart-mixed-guards": 250,
     "restart-short-guard": 60,
     "clocks-apart": 120,
+    "permits": 300,
 }
 
 

@@ -13,7 +13,7 @@ from tests.simulation.scenarios import CI, SCENARIOS, Budget, Result, run
 @dataclass(slots=True)
 class Summary:
     """Totals over the schedules of one scenario; ``failing`` keeps those that broke a
-    promise (an overlap, or a fence regression)."""
+    promise (an overlap, a fence regression, or more permits at once than the limit)."""
 
     scenario: str
     schedules: int = 0
@@ -21,6 +21,7 @@ class Summary:
     overlaps: int = 0
     grants: int = 0
     regressions: int = 0
+    crowds: int = 0
     outages: int = 0
     events: int = 0
     seconds: float = 0.0
@@ -42,10 +43,11 @@ class Summary:
         self.overlaps += len(result.overlaps)
         self.grants += result.grants
         self.regressions += len(result.regressions)
+        self.crowds += len(result.crowds)
         self.outages += result.outages
         self.events += result.events
         self.faults.update(result.faults)
-        if result.overlaps or result.regressions:
+        if result.overlaps or result.regressions or result.crowds:
             self.failing.append(result)
 
     @property
@@ -56,15 +58,23 @@ class Summary:
     def regressing(self) -> list[Result]:
         return [r for r in self.failing if r.regressions]
 
+    @property
+    def crowded(self) -> list[Result]:
+        return [r for r in self.failing if r.crowds]
+
     def explain(self) -> str:
         """The first failing schedule of each kind: its seed, its first finding, and how
         to replay it."""
         if not self.failing:
-            return f"{self.scenario}: no overlap, no fence regression in {self.schedules} schedules"
+            return (
+                f"{self.scenario}: no overlap, no fence regression, no crowd in"
+                f" {self.schedules} schedules"
+            )
         lines = []
         found: list[tuple[str, list[Result], Callable[[Result], object]]] = [
             ("overlapped", self.overlapping, lambda r: r.overlaps[0]),
             ("regressed", self.regressing, lambda r: r.regressions[0]),
+            ("held too many permits", self.crowded, lambda r: r.crowds[0]),
         ]
         for kind, results, finding in found:
             if results:
@@ -87,7 +97,8 @@ def explore(scenario: str, seeds: Iterable[int], budget: Budget = CI) -> Summary
 
 HEADER = (
     f"{'scenario':<20} {'must be':<8} {'schedules':>9} {'windows':>8} {'faults':>7}"
-    f" {'outages':>8} {'overlapping':>11} {'fences':>7} {'regressing':>10} {'seconds':>8}"
+    f" {'outages':>8} {'overlapping':>11} {'fences':>7} {'regressing':>10} {'crowded':>7}"
+    f" {'seconds':>8}"
 )
 
 
@@ -96,5 +107,5 @@ def row(s: Summary) -> str:
     return (
         f"{s.scenario:<20} {expect:<8} {s.schedules:>9} {s.windows:>8} {s.faults.total():>7}"
         f" {s.outages:>8} {len(s.overlapping):>11} {s.grants:>7} {len(s.regressing):>10}"
-        f" {s.seconds:>8.1f}"
+        f" {len(s.crowded):>7} {s.seconds:>8.1f}"
     )

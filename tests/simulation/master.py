@@ -20,6 +20,12 @@ while it is down). A paused master (SIGSTOP) queues what arrives and answers it 
 Each key's line of waiters (``protocol.QUEUED`` and ``RELEASE``) is kept as the scripts
 keep it: joined in arrival order, left when granted, and a release wakes the oldest entry
 that has a subscriber, dropping the ones nobody hears (PUBLISH counts who heard).
+
+A semaphore's permit (``protocol.PERMIT``) is ACQUIRE on each slot in turn, after a re-arm
+of a slot that holds our token already; its waiters stand in the semaphore's one line.
+``NAIVE_PERMITS`` swaps it for the unsafe rule the design exists to avoid, for the test
+that the simulator catches it: admit while fewer than ``limit`` holders are on this
+master, whichever slot they are in (see :meth:`SimMaster._naive_permit`).
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class SimMaster:
     #: As ACQUIRE's: a seed keeps its microseconds this long after the guard's end (a
     #: class attribute, so that a test can take it away and watch fences repeat).
     PRECISE_SEED_MS: ClassVar[int] = 1000
+    #: The naive semaphore (a count of holders per master), for the mutation test only.
+    NAIVE_PERMITS: ClassVar[bool] = False
     #: key -> (token, expiry in the master's ms)
     keys: dict[str, tuple[str, int]] = field(default_factory=dict)
     #: key -> (its fence counter, expiry in the master's ms)
@@ -105,11 +113,16 @@ class SimMaster:
         """Run one call atomically; returns (raw reply, the channel a release woke)."""
         now = self.now_ms(true_time)
         now_us = math.floor(self.clock.read(true_time) * 1_000_000)
-        self._expire(call.key, now)
+        for key in (call.key, *call.slots, call.line):
+            self._expire(key, now)
+        if self.NAIVE_PERMITS and call.verb in (Verb.EXTEND, Verb.RELEASE, Verb.FENCE):
+            call = call._replace(key=self._filed(call.key, call.token, now))
         if call.verb is Verb.ACQUIRE:
             return self._acquire(call, now, now_us), None
         if call.verb is Verb.QUEUED:
             return self._queued(call, now, now_us), None
+        if call.verb is Verb.PERMIT or call.slots:
+            return self._permit(call, now, now_us), None
         entry = self.keys.get(call.key)
         ours = entry is not None and entry[0] == call.token
         if call.verb is Verb.FENCE:
@@ -124,7 +137,7 @@ class SimMaster:
             if not ours:
                 return 0, None
             del self.keys[call.key]
-            return 1, self._wake(call.key) if call.verb is Verb.RELEASE else None
+            return 1, self._wake(call.line or call.key) if call.verb is Verb.RELEASE else None
         return (-2 if entry is None else entry[1] - now), None
 
     def _acquire(self, call: Call, now: int, now_us: int) -> list[int]:
@@ -175,6 +188,80 @@ class SimMaster:
         else:
             self.lines.pop(call.key, None)
         return reply
+
+    def _permit(self, call: Call, now: int, now_us: int) -> Any:
+        """A semaphore's UNDO: each slot that holds our token deleted; their count.
+
+        PERMIT: our own slot re-armed if we hold one, else ACQUIRE on each slot in the
+        order given until one grants or abstains; a grant's position in that order fifth,
+        else the refusal with the soonest expiry; then the waiter's place in the line."""
+        if call.verb is Verb.UNDO:  # a semaphore's: every slot holding our token
+            undone = [s for s in call.slots if self.keys.get(s, ("", 0))[0] == call.token]
+            for slot in undone:
+                del self.keys[slot]
+            return len(undone)
+        if self.NAIVE_PERMITS:
+            reply = self._naive_permit(call, now, now_us)
+        else:
+            reply = self._first_free_slot(call, now, now_us)
+        self._in_line(call, call.key, reply[0], now)
+        return reply
+
+    def _first_free_slot(self, call: Call, now: int, now_us: int) -> list[int]:
+        ours = [i for i, s in enumerate(call.slots) if self.keys.get(s, ("", 0))[0] == call.token]
+        soonest: list[int] | None = None
+        for position in ours[:1] or range(len(call.slots)):
+            tried = self._acquire(call._replace(key=call.slots[position]), now, now_us)
+            if tried[0] == 1:
+                return [*tried, position]
+            if tried[0] == 2:  # abstains: the restart guard is every slot's
+                return tried
+            if soonest is None or 0 <= tried[1] < soonest[1] or soonest[1] < 0:
+                soonest = tried
+        assert soonest is not None
+        return soonest
+
+    def _naive_permit(self, call: Call, now: int, now_us: int) -> list[int]:
+        """The unsafe rule: grant while fewer than ``limit`` slots here are held, telling
+        every client it has the slot it asked for first (so that a quorum of admissions
+        wins, whichever slot each master filed it under): with 3 masters and 2 permits,
+        masters admitting {A, B}, {B, C} and {A, C} give all three a majority."""
+        held = [s for s in call.slots if s in self.keys]
+        mine = [s for s in held if self.keys[s][0] == call.token]
+        free = [s for s in call.slots if s not in self.keys]
+        if not mine and not free:
+            return [0, min(self.keys[s][1] - now for s in held), 0]
+        tried = self._acquire(call._replace(key=(mine or free)[0]), now, now_us)
+        if tried[0] != 1:  # abstains: the restart guard is kept, only the count is naive
+            return tried
+        asked = call.slots[0]
+        fence = self._count(asked, now, (self._counter(asked) or 0) + 1) if call.fencing else 0
+        return [1, 0, 0, fence, 0]
+
+    def _filed(self, key: str, token: str, now: int) -> str:
+        """The naive semaphore's slot that holds ``token`` here, for the lease's key (the
+        slot the client asked for first, which may not be where this master filed it)."""
+        base, sep, _slot = key.rpartition(":permit:")
+        for filed, (held_by, expiry) in self.keys.items():
+            if sep and held_by == token and now <= expiry and filed.startswith(base + sep):
+                return filed
+        return key
+
+    def _in_line(self, call: Call, name: str, won: int, now: int) -> None:
+        """A waiter leaves the line when granted, joins it (or keeps its place) if refused;
+        the line lives on for QUEUE_TTL_MS after each refusal."""
+        if not call.waiter:
+            return
+        line, _expiry = self.lines.get(name, ({}, 0))
+        if won == 1:
+            line.pop(call.waiter, None)
+        elif won == 0:
+            self.joined += 1
+            line.setdefault(call.waiter, self.joined)
+        if line:
+            self.lines[name] = (line, now + QUEUE_TTL_MS if won == 0 else _expiry)
+        else:
+            self.lines.pop(name, None)
 
     def _wake(self, key: str) -> str | None:
         """RELEASE's wake-up: the oldest of the first ten waiters that has a subscriber;

@@ -17,6 +17,9 @@ Scenarios come in families that share their draws, so a hazard and its mitigatio
   only a seed to the microsecond keeps below (``protocol.ACQUIRE``).
 - ``clocks-apart``: ``restart-delayed`` on masters whose wall clocks are days apart: the
   lock holds, fences do not (counters are re-seeded from the wall clock).
+- ``permits``: ``safe``'s schedules with every client asking for one of 1 to 3 permits
+  of a semaphore, and at least one client more than there are permits: no more than the
+  limit at once (``history.find_crowds``), besides each slot's own lock promises.
 
 Every client asks for a fence; both promises are checked (no overlap, rising fences).
 The masters' wall clocks start within 10 ms of one epoch, as NTP keeps hosts, and some
@@ -38,7 +41,14 @@ from dataclasses import dataclass, field, replace
 
 from celery_redlock._core import quorum
 from celery_redlock._core.protocol import FENCE_TTL_MS
-from tests.history import Overlap, Regression, find_fence_regressions, find_overlaps
+from tests.history import (
+    Crowd,
+    Overlap,
+    Regression,
+    find_crowds,
+    find_fence_regressions,
+    find_overlaps,
+)
 from tests.simulation.driver import SimClient
 from tests.simulation.engine import Clock, Loop, NetParams, Network
 from tests.simulation.master import SimMaster
@@ -238,6 +248,14 @@ def clocks_apart(rng: random.Random) -> Params:
     return replace(restart_delayed(rng), wall_apart=1e6)
 
 
+def permits(rng: random.Random) -> Params:
+    """``safe`` with semaphores: 1 to 3 permits, one to three clients more than that."""
+    p = safe(rng)
+    limit = rng.choice((1, 2, 3))
+    clients = limit + rng.randint(1, 3)
+    return replace(p, clients=clients, habits=replace(p.habits, limit=limit))
+
+
 #: scenario -> (family whose draws it shares, how to draw it, whether it must stay safe)
 SCENARIOS: dict[str, tuple[str, Callable[[random.Random], Params], bool]] = {
     "safe": ("safe", safe, True),
@@ -250,6 +268,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[random.Random], Params], bool]] = {
     "restart-mixed-guards": ("restart", restart_mixed_guards, True),
     "restart-short-guard": ("restart", restart_short_guard, True),
     "clocks-apart": ("restart", clocks_apart, False),
+    "permits": ("safe", permits, True),
 }
 
 
@@ -266,6 +285,7 @@ class Result:
     windows: int
     regressions: list[Regression]
     grants: int  # fenced leases handed over
+    crowds: list[Crowd]  # moments more than a semaphore's limit of permits were valid
     faults: Counter[str]
     outages: int
     events: int
@@ -320,6 +340,7 @@ def run(scenario: str, seed: int, budget: Budget = CI, *, trace: bool = False) -
         len(windows),
         find_fence_regressions(world.history.grants),
         len(world.history.grants),
+        find_crowds(windows, params.habits.limit) if params.habits.limit else [],
         faults,
         sum(c.stats.outages for c in clients),
         loop.events,

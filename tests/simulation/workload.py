@@ -32,6 +32,7 @@ class Habits:
     renewals: int = 2  # most renewals per hold
     freeze_holder: float = 0.05  # chance a holder is frozen for 0.5 to 2 TTLs mid-hold
     shorten: float = 0.25  # chance a renewal asks for 0.2 to 1 TTL instead of the TTL
+    limit: int = 0  # every acquisition a semaphore's permit, of this many (0: locks)
 
 
 def workload(client: SimClient, policy: quorum.Policy, habits: Habits) -> Workload:
@@ -43,7 +44,14 @@ def workload(client: SimClient, policy: quorum.Policy, habits: Habits) -> Worklo
         blocking = rng.random() < habits.blocking
         timeout = rng.uniform(0, 3 * ttl) if blocking else None
         req = quorum.AcquireRequest(
-            resource, KEY_PREFIX + resource, ttl, blocking, timeout, habits.guard, fencing=True
+            resource,
+            KEY_PREFIX + resource,
+            ttl,
+            blocking,
+            timeout,
+            habits.guard,
+            fencing=True,
+            limit=habits.limit,
         )
         try:
             lease = yield Run(quorum.acquire(req, policy, client.context))
@@ -79,4 +87,4 @@ def hold(client: SimClient, lease: quorum.Lease, policy: quorum.Policy, habits: 
         history.extended(client, lease)  # renewed, or (an outage) what may still be believed
     yield Sleep(rng.uniform(0, habits.hold * ttl))
     history.ended(lease.token, client.world.loop.now)
-    yield Run(quorum.release(lease.key, lease.token, policy))
+    yield Run(quorum.release(lease.key, lease.token, policy, lease.line))
