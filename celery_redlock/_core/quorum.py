@@ -402,20 +402,21 @@ def acquire(req: AcquireRequest, policy: Policy, ctx: Context) -> Algorithm:
         verdict = _slot_verdict(verdict, granted, policy) if req.limit else verdict
         unfenced: Sequence[Vote] = ()
         if verdict is Verdict.WON:
-            lease = Lease(req.resource, key, token, req.ttl, until, tuple(granted), line=call.line)
             if req.limit:
                 yield from _undo(key, token, sent, _others(call.slots, key), lost=False)
-        if verdict is Verdict.WON and req.fencing:
-            fence, agreed = highest_fence(granted)
-            if agreed < policy.quorum:
-                on_slot = call._replace(key=key)
-                fence, unfenced = yield from _fence(on_slot, granted, fence, agreed, policy.quorum)
-            if fence and ctx.clock() < until:
-                return lease._replace(fence=fence)
+            fence: int | None = None
+            if req.fencing:
+                fence, agreed = highest_fence(granted)
+                if agreed < policy.quorum:
+                    on_key = call._replace(key=key) if req.limit else call
+                    need = policy.quorum
+                    fence, unfenced = yield from _fence(on_key, granted, fence, agreed, need)
+            if fence is None or (fence and ctx.clock() < until):
+                return Lease(
+                    req.resource, key, token, req.ttl, until, tuple(granted), fence, call.line
+                )
             verdict = Verdict.OUTAGE  # too few masters took the fence in time: ask again
             unfenced = unfenced or granted
-        elif verdict is Verdict.WON:
-            return lease
         yield from _undo(req.key, token, sent, call.slots)
         left = None if deadline is None else deadline - ctx.clock()
         step = next_step(
