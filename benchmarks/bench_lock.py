@@ -184,6 +184,30 @@ class CeleryRedlock:
         handle.release()
 
 
+class CeleryPermit:
+    """Ours, a permit of a semaphore of ``limit`` (the ``permits`` table; not a row of the
+    side-by-side table, where every row is a lock)."""
+
+    limit = 1
+
+    def __init__(self, urls: Sequence[str], key: str) -> None:
+        self._dlm = Redlock(list(urls), master_timeout=MASTER_TIMEOUT)
+        self._key = key
+
+    def acquire(self, blocking: bool) -> Any:
+        timeout = WAIT_LIMIT if blocking else None
+        return self._dlm.semaphore(
+            self._key, TTL, limit=self.limit, blocking=blocking, timeout=timeout
+        )
+
+    def release(self, handle: Any) -> None:
+        handle.release()
+
+
+def _permits_of(limit: int) -> type[CeleryPermit]:
+    return type(f"CeleryPermit{limit}", (CeleryPermit,), {"limit": limit})
+
+
 class CeleryRedlockUnfenced(CeleryRedlock):
     """Ours with fencing off: what a fence costs is the difference to the row above."""
 
@@ -244,6 +268,16 @@ LIBRARIES = {
         lock=False,
     ),
 }
+
+
+#: The permits table: a semaphore's permit at each limit, beside our lock (the ``ours`` row).
+PERMIT_LIMITS = (1, 3, 10)
+PERMITS = {
+    f"permit{n}": Library(f"celery_redlock permit, limit={n}", _permits_of(n))
+    for n in PERMIT_LIMITS
+}
+#: Every adapter a worker process can run, by name.
+ADAPTERS = {**LIBRARIES, **PERMITS}
 
 
 # --- the worker process ------------------------------------------------------------------
@@ -344,7 +378,7 @@ def _serve(conn: Connection, lib: str, urls: list[str], key: str) -> None:
     """A worker process: build the adapter, then answer commands until told to stop."""
     logging.getLogger("pottery").setLevel(logging.CRITICAL)  # it logs every master error
     try:
-        runner = _Runner(LIBRARIES[lib].make(urls, key), conn)
+        runner = _Runner(ADAPTERS[lib].make(urls, key), conn)
         while (command := conn.recv()) is not None:
             name, args = command
             conn.send(getattr(runner, name)(*args))
@@ -477,7 +511,7 @@ def _guarded(measure: Callable[P, Result | None]) -> Callable[P, Result | None]:
 @_guarded
 def uncontended(bench: Bench, lib: str, *, masters: int, delayed: bool) -> Result | None:
     """Acquire+release with nobody else around: what every lock costs (one pass of it)."""
-    if masters > 1 and not LIBRARIES[lib].multi:
+    if masters > 1 and not ADAPTERS[lib].multi:
         return None
     urls = (bench.delayed if delayed else bench.direct)[:masters]
     budget = bench.budget
@@ -576,6 +610,42 @@ def show_queue(result: Result) -> str:
     shown = " / ".join(_ms(result.pct(p)) for p in (50, 90, 100))
     waits = len(result.samples) + result.failed
     return f"{shown} (n={len(result.samples)}) | {result.failed} of {waits}"
+
+
+def permits_table(bench: Bench) -> str:
+    """Acquire + release of a permit at each limit beside our lock, 3 and 5 masters, in
+    interleaved passes as the side-by-side table's cells: permits per second (medians)."""
+    names = ["ours", *PERMITS]
+    results: dict[tuple[str, int], Result] = {}
+    started = time.monotonic()
+    for n in range(bench.budget.passes):
+        for masters in (3, 5):
+            for lib in [*names[n % len(names) :], *names[: n % len(names)]]:
+                result = uncontended(bench, lib, masters=masters, delayed=False)
+                if result is not None:
+                    before = results.get((lib, masters))
+                    results[lib, masters] = result if before is None else before.merge(result)
+        _progress(started, f"permits pass {n + 1}/{bench.budget.passes} done")
+    bench.release_kept()
+    head = ["per second (acquire + release)", "3 masters", "5 masters", "vs the lock (3 / 5)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for lib in names:
+        cells = [ADAPTERS[lib].label]
+        ratios = []
+        for masters in (3, 5):
+            ms = _median_ms(results, lib, masters)
+            lock = _median_ms(results, "ours", masters)
+            cells.append("—" if ms is None else f"{1000 / ms:.0f}")
+            ratio = _ratio(ms, lock)
+            ratios.append("—" if ratio is None else f"{ratio:.2f}x")
+        lines.append("| " + " | ".join([*cells, " / ".join(ratios)]) + " |")
+    return "\n".join(lines)
+
+
+def _median_ms(results: dict[tuple[str, int], Result], lib: str, masters: int) -> float | None:
+    result = results.get((lib, masters))
+    value = None if result is None else result.pct(50)
+    return None if value is None else value * 1000
 
 
 def queue_table(bench: Bench, libs: Sequence[str]) -> str:
@@ -853,7 +923,7 @@ def legend(budget: Budget, load: tuple[float, float]) -> str:
 
 
 #: What ``--only`` can pick: the side-by-side table, or the queue table (ours only).
-TABLES = ("lock", "queue")
+TABLES = ("lock", "queue", "permits")
 QUEUE_LIBS = ("ours",)
 
 
@@ -864,6 +934,15 @@ def queue_legend(budget: Budget, load: tuple[float, float]) -> str:
         f" {budget.handoffs} hand-offs per row in {budget.handoff_seconds:.0f} s, the line"
         " formed anew each time it runs out; timed out: waits that ended without the lock."
         f" 1-minute load average {load[0]:.2f} at start, {load[1]:.2f} at end."
+    )
+
+
+def permits_legend(budget: Budget, load: tuple[float, float]) -> str:
+    return (
+        "Permits: a semaphore's permit taken and released with nobody else around, at each"
+        f" limit, beside our lock (fenced, as both are by default); medians of up to"
+        f" {budget.pairs} pairs per cell in {budget.passes} interleaved passes. 1-minute load"
+        f" average {load[0]:.2f} at start, {load[1]:.2f} at end."
     )
 
 
@@ -898,6 +977,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 results = run_all(bench, libs, cols)
                 about = legend(budget, (load, os.getloadavg()[0]))
                 printed += [about, "", table(results, libs, cols), "", *targets(results), ""]
+            if "permits" in tables:
+                start = os.getloadavg()[0]
+                lines = permits_table(bench)
+                about = permits_legend(budget, (start, os.getloadavg()[0]))
+                printed += [about, "", lines, ""]
             if "queue" in tables:
                 start = os.getloadavg()[0]
                 lines = queue_table(bench, QUEUE_LIBS)
