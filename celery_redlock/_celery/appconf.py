@@ -21,7 +21,7 @@ from typing import Any
 
 from celery_redlock._core.durations import seconds
 from celery_redlock._core.masters import parse_masters
-from celery_redlock._core.settings import LockSettings
+from celery_redlock._core.settings import LockSettings, flag
 from celery_redlock.exceptions import ConfigurationError
 from celery_redlock.settings import split_urls
 
@@ -59,12 +59,6 @@ def _duration(value: Any, name: str) -> float:
 
 def _duration_or_zero(value: Any, name: str) -> float:
     return seconds(value, name, allow_zero=True)
-
-
-def _flag(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"{name} must be True or False, not {value!r}")
-    return value
 
 
 def _choice(kind: type[enum.Enum]) -> Callable[[Any, str], Any]:
@@ -136,11 +130,11 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "duplicate_countdown": _duration_or_zero,
     "outage_countdown": _duration,
     "outage_deadline": _duration,
-    "dedup": _flag,
+    "dedup": flag,
     "dedup_ttl": _duration,
     "window": _duration_or_zero,
     "on_lost": _choice(OnLost),
-    "fencing": _flag,
+    "fencing": flag,
 }
 
 #: (task attribute, app setting) for every per-task option, as Celery's ``Task.from_config``.

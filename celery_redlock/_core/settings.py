@@ -140,7 +140,7 @@ class LockSettings:
 def flag(value: Any, name: str) -> bool:
     """A yes/no setting: a bool, not a truthy string (``"false"`` would read as on)."""
     if not isinstance(value, bool):
-        raise ConfigurationError(f"{name} must be True or False, got {value!r}")
+        raise ConfigurationError(f"{name} must be True or False, not {value!r}")
     return value
 
 
